@@ -1,0 +1,1 @@
+"""Benchmarks of optax_adaptive: training quality and overhead."""

@@ -1,0 +1,239 @@
+# Copyright 2026 The optax_adaptive Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+# ==============================================================================
+"""Helpers shared by every transformation of optax_adaptive.
+
+Everything that more than one method needs lives here once: the dtype policy
+for statistics, safe division, tree reductions in float32, the angle between
+two pytrees, schedules, and hyperparameter validation that stays out of the
+way of :func:`optax.inject_hyperparams`.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+_LOW_PRECISION = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
+
+
+# ------------------------------------------------------------------- dtypes
+
+
+def stats_dtype(dtype: Any) -> jnp.dtype:
+  """The dtype in which statistics of a leaf of ``dtype`` are kept.
+
+  float32 for float16/bfloat16 leaves (their EMAs stall and their ``1 - beta``
+  rounds to zero), the leaf's own dtype for float32/float64, float32 for
+  anything else.
+  """
+  dtype = jnp.dtype(dtype)
+  if dtype in _LOW_PRECISION or not jnp.issubdtype(dtype, jnp.floating):
+    return jnp.dtype(jnp.float32)
+  return dtype
+
+
+def stats_zeros_like(tree: optax.Params) -> optax.Params:
+  """Zeros shaped like ``tree`` in :func:`stats_dtype`, keeping its sharding.
+
+  Works on concrete arrays and on :class:`jax.ShapeDtypeStruct` leaves.
+  """
+  return jax.tree.map(
+      lambda x: jnp.zeros_like(x, dtype=stats_dtype(x.dtype)), tree
+  )
+
+
+def widest_float_dtype(tree: optax.Params) -> jnp.dtype:
+  """float64 if any leaf is float64, else float32 (scalar state dtype)."""
+  dtypes = {jnp.dtype(x.dtype) for x in jax.tree.leaves(tree)}
+  if jnp.dtype(jnp.float64) in dtypes:
+    return jnp.dtype(jnp.float64)
+  return jnp.dtype(jnp.float32)
+
+
+# ---------------------------------------------------------------- numerics
+
+
+def safe_divide(
+    numerator: jax.Array, denominator: jax.Array, fallback: Any = 0.0
+) -> jax.Array:
+  """``numerator / denominator`` where the denominator is non-zero.
+
+  Elsewhere returns ``fallback``. The "double where" keeps the gradient of
+  this function finite too.
+  """
+  nonzero = denominator != 0
+  safe_den = jnp.where(nonzero, denominator, jnp.ones_like(denominator))
+  return jnp.where(nonzero, numerator / safe_den, fallback)
+
+
+def tree_vdot_f32(a: optax.Params, b: optax.Params) -> jax.Array:
+  """Sum over all leaves of ``<a, b>``, accumulated in at least float32."""
+  parts = jax.tree.leaves(
+      jax.tree.map(
+          lambda x, y: jnp.vdot(
+              x.astype(stats_dtype(x.dtype)), y.astype(stats_dtype(y.dtype))
+          ).real,
+          a,
+          b,
+      )
+  )
+  if not parts:
+    return jnp.zeros((), jnp.float32)
+  return sum(parts[1:], parts[0])
+
+
+def tree_sum_f32(tree: optax.Params) -> jax.Array:
+  """Sum of every element of ``tree``, accumulated in at least float32."""
+  parts = [
+      jnp.sum(x, dtype=stats_dtype(x.dtype)) for x in jax.tree.leaves(tree)
+  ]
+  if not parts:
+    return jnp.zeros((), jnp.float32)
+  return sum(parts[1:], parts[0])
+
+
+def tree_mean_f32(tree: optax.Params) -> jax.Array:
+  """Element-weighted mean over every leaf of ``tree`` (0 for empty trees)."""
+  size = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+  total = tree_sum_f32(tree)
+  return total / max(size, 1)
+
+
+def angle_degrees(
+    dot: jax.Array, sq_norm_a: jax.Array, sq_norm_b: jax.Array
+) -> jax.Array:
+  """The angle in degrees between two vectors given ``<a,b>, |a|², |b|²``.
+
+  Returns 0 when either vector is zero, and clips the cosine to [-1, 1] so
+  that rounding never produces NaN.
+  """
+  denom = jnp.sqrt(sq_norm_a) * jnp.sqrt(sq_norm_b)
+  cosine = jnp.clip(safe_divide(dot, denom, 1.0), -1.0, 1.0)
+  return jnp.degrees(jnp.arccos(cosine))
+
+
+def tree_angle_degrees(a: optax.Params, b: optax.Params) -> jax.Array:
+  """Angle in degrees between two pytrees flattened into one vector each."""
+  return angle_degrees(
+      tree_vdot_f32(a, b), tree_vdot_f32(a, a), tree_vdot_f32(b, b)
+  )
+
+
+# -------------------------------------------------------------- schedules
+
+
+def value_at(hyperparam: optax.ScalarOrSchedule, count: jax.Array) -> Any:
+  """Evaluates a schedule at ``count``, or returns a constant unchanged."""
+  return hyperparam(count) if callable(hyperparam) else hyperparam
+
+
+# ------------------------------------------------------------- validation
+
+
+def is_concrete_number(value: Any) -> bool:
+  """True for Python/NumPy numbers, which may be validated at construction.
+
+  Traced values (from :func:`optax.inject_hyperparams`) and jax arrays are
+  never validated, so that injection keeps working.
+  """
+  if isinstance(value, bool):
+    return False
+  return isinstance(value, (numbers.Real, np.number))
+
+
+def check_range(
+    name: str,
+    value: Any,
+    *,
+    lower: float | None = None,
+    upper: float | None = None,
+    lower_inclusive: bool = True,
+    upper_inclusive: bool = True,
+) -> None:
+  """Raises ``ValueError`` naming ``name`` if a concrete value is out of range.
+
+  Non-concrete values (traced arrays, schedules) are accepted unchecked.
+  """
+  if not is_concrete_number(value):
+    return
+  value = float(value)
+  bad = np.isnan(value)
+  if lower is not None:
+    bad |= value < lower if lower_inclusive else value <= lower
+  if upper is not None:
+    bad |= value > upper if upper_inclusive else value >= upper
+  if bad:
+    left = "(-inf" if lower is None else ("[" if lower_inclusive else "(")
+    left += "" if lower is None else f"{lower}"
+    right = "inf)" if upper is None else f"{upper}"
+    right += "" if upper is None else ("]" if upper_inclusive else ")")
+    raise ValueError(f"`{name}` must be in {left}, {right}; got {value}.")
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
+  """Raises ``ValueError`` naming ``name`` if ``value`` is not a choice."""
+  choices = tuple(choices)
+  if value not in choices:
+    raise ValueError(f"`{name}` must be one of {choices}; got {value!r}.")
+
+
+def check_positive_int(name: str, value: Any, *, allow_none: bool = False):
+  """Raises ``TypeError``/``ValueError`` unless ``value`` is an int >= 1."""
+  if value is None and allow_none:
+    return
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(
+        f"`{name}` must be a Python int >= 1"
+        f"{' or None' if allow_none else ''}; got {value!r}."
+    )
+  if value < 1:
+    raise ValueError(f"`{name}` must be >= 1; got {value}.")
+
+
+def check_callable(name: str, value: Any, *, allow_none: bool = False):
+  """Raises ``TypeError`` unless ``value`` is callable."""
+  if value is None and allow_none:
+    return
+  if not callable(value):
+    raise TypeError(f"`{name}` must be callable; got {value!r}.")
+
+
+def require_params(params: Any, method: str) -> None:
+  """Raises ``ValueError`` when a transformation needing params got none."""
+  if params is None:
+    raise ValueError(
+        f"{method} requires `params`: call `tx.update(updates, state, params)`"
+        " (nnx.Optimizer and TrainState pass them automatically)."
+    )
+
+
+def require_extra_arg(value: Any, name: str, method: str) -> None:
+  """Raises ``TypeError`` naming a missing required extra argument."""
+  if value is None:
+    raise TypeError(
+        f"{method} requires the keyword argument `{name}=` in `update`; pass"
+        f" it as `tx.update(updates, state, params, {name}=...)`."
+    )
+
+
+def inner_update_fn(inner: optax.GradientTransformation) -> Callable[..., Any]:
+  """The inner transformation's update, accepting extra keyword arguments."""
+  return optax.with_extra_args_support(inner).update

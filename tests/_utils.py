@@ -1,0 +1,66 @@
+"""Assertions and helpers shared by the test modules (not a public API)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+
+import jax
+import numpy as np
+
+
+def assert_trees_all_close(actual, desired, rtol=1e-6, atol=0.0, err_msg=""):
+  """Leaf-wise ``np.testing.assert_allclose`` with matching structures."""
+  a_leaves, a_def = jax.tree.flatten(actual)
+  d_leaves, d_def = jax.tree.flatten(desired)
+  assert a_def == d_def, f"tree structures differ: {a_def} vs {d_def}"
+  for i, (a, d) in enumerate(zip(a_leaves, d_leaves)):
+    np.testing.assert_allclose(
+        np.asarray(a, np.float64), np.asarray(d, np.float64),
+        rtol=rtol, atol=atol, err_msg=f"leaf {i}: {err_msg}")
+
+
+def assert_trees_all_equal(actual, desired, err_msg=""):
+  """Leaf-wise exact equality (bit for bit for floating point)."""
+  a_leaves, a_def = jax.tree.flatten(actual)
+  d_leaves, d_def = jax.tree.flatten(desired)
+  assert a_def == d_def, f"tree structures differ: {a_def} vs {d_def}"
+  for i, (a, d) in enumerate(zip(a_leaves, d_leaves)):
+    a, d = np.asarray(a), np.asarray(d)
+    assert a.dtype == d.dtype, f"leaf {i}: dtype {a.dtype} vs {d.dtype}"
+    np.testing.assert_array_equal(a, d, err_msg=f"leaf {i}: {err_msg}")
+
+
+def assert_tree_all_finite(tree, err_msg=""):
+  for i, leaf in enumerate(jax.tree.leaves(tree)):
+    leaf = np.asarray(leaf, np.float64) if np.asarray(leaf).dtype.kind in "fc" else np.asarray(leaf)
+    assert np.all(np.isfinite(leaf)), f"leaf {i} not finite: {err_msg}"
+
+
+class _ListHandler(logging.Handler):
+
+  def __init__(self, records):
+    super().__init__()
+    self.records = records
+
+  def emit(self, record):
+    if re.search(r"Finished .* compilation", record.getMessage()):
+      self.records.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def log_compilations():
+  """Collects the compilations that happen inside the block."""
+  records = []
+  handler = _ListHandler(records)
+  logger = logging.getLogger("jax")
+  logger.addHandler(handler)
+  previous = logger.level
+  logger.setLevel(logging.DEBUG)
+  try:
+    with jax.log_compiles():
+      yield records
+  finally:
+    logger.removeHandler(handler)
+    logger.setLevel(previous)
