@@ -1,0 +1,534 @@
+# Copyright 2026 The optax_adaptive Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+# ==============================================================================
+"""CProp: adaptive learning-rate scaling from past gradient conformity.
+
+Preechakul & Kijsirikul, `CProp: Adaptive Learning Rate Scaling from Past
+Gradient Conformity <https://arxiv.org/abs/1912.11493>`_, 2019.
+
+Spec: ``/work/shared/spec/cprop.md`` (section numbers below refer to it).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optax_adaptive import _common
+
+CDFS = ("normal", "bft", "bfo", "logistic")
+
+# h/2 of Bowling et al.'s two-term approximation h = 0.07056 z³ + 1.5976 z,
+# written as |z| (a z² + b) so that tanh(h/2) needs one cube-free polynomial.
+_BFT_A = 0.07056 / 2
+_BFT_B = 1.5976 / 2
+_BFO_HALF = 1.702 / 2
+_LOGISTIC_HALF = math.pi / (2 * math.sqrt(3))
+_INV_SQRT2 = 1 / math.sqrt(2)
+
+
+class CPropState(NamedTuple):
+  """State of :func:`cprop`."""
+
+  count: jax.typing.ArrayLike  # shape=(), dtype=jnp.int32
+  m: optax.Updates  # EMA of raw gradients; float32, or float64 for f64 params
+  v: optax.Updates  # EMA of squared raw gradients; same dtype as ``m``
+  inner_state: optax.OptState
+  mean_scale: jax.typing.ArrayLike  # shape=(), dtype=jnp.float32
+
+
+class CPropAdamState(NamedTuple):
+  """State of :func:`cprop_adam` (Adam and CProp fused)."""
+
+  count: jax.typing.ArrayLike  # shape=(), dtype=jnp.int32
+  mu: optax.Updates  # Adam's first moment (decay b1), stats dtype
+  nu: optax.Updates  # Adam's second moment (decay b2), stats dtype
+  m: optax.Updates  # CProp's first moment (decay beta), stats dtype
+  v: optax.Updates | None  # CProp's second moment; None when it is ``nu``
+  mean_scale: jax.typing.ArrayLike  # shape=(), dtype=jnp.float32
+
+
+# ------------------------------------------------------------ validation
+
+
+def _check_cprop_hyperparams(beta: Any, c: Any, eps: Any, eps_name: str,
+                             cdf: Any) -> None:
+  _common.check_range("beta", beta, lower=0.0, upper=1.0,
+                      upper_inclusive=False)
+  _common.check_range("c", c, lower=0.0)
+  _common.check_range(eps_name, eps, lower=0.0)
+  _common.check_choice("cdf", cdf, CDFS)
+
+
+# ---------------------------------------------------------- the scale s
+
+
+class _Constants(NamedTuple):
+  """Per-step scalars of §1.2, computed once per dtype instead of per entry."""
+
+  beta: jax.Array
+  one_minus_beta: jax.Array
+  inv_bias_correction: jax.Array  # 1 / (1 - β^t)
+  inv_dof: jax.Array  # 1 / (max(n_t - 1, 0) + ε), or 0 while n_t - 1 == 0
+  eps: jax.Array
+  c: jax.Array
+
+
+def _constants(count: jax.Array, beta: Any, c: Any, eps: Any,
+               dtype: jnp.dtype) -> _Constants:
+  """Bias correction and the Bessel divisor with the step-1 guards of §5.2.
+
+  ``count`` is the step number t >= 1 (already incremented). Every power of β
+  comes from the same β in ``dtype`` (never bfloat16, §5.3), so that
+  n_1 - 1 is exactly zero.
+  """
+  beta = jnp.asarray(beta).astype(dtype)
+  one = jnp.ones((), dtype)
+  one_minus_beta = one - beta
+  bias_correction = one - beta**count  # b_t = 1 - β^t, §1.2
+  # n_t - 1 = β (1 - β^{t-1}) / (1 - β) = Σ_{k=1}^{t-1} β^k, §5.2 (b).
+  n_minus_1 = beta * (one - beta ** (count - 1)) / one_minus_beta
+  eps = jnp.asarray(eps).astype(dtype)
+  dof = jnp.maximum(n_minus_1, 0) + eps
+  # §5.2 (a): σ̂² := 0 at t = 1 (and whenever n - 1 == 0, i.e. β == 0).
+  has_spread = (count > 1) & (n_minus_1 > 0)
+  inv_dof = jnp.where(has_spread, one / jnp.where(has_spread, dof, one), 0)
+  # se >= ε > 0; the floor only matters for eps == 0, where it turns the
+  # 0/0 of an all-zero gradient into z = 0 (s = 0) instead of NaN.
+  se_eps = jnp.maximum(eps, jnp.finfo(dtype).tiny)
+  return _Constants(beta, one_minus_beta, one / bias_correction, inv_dof,
+                    se_eps, jnp.asarray(c).astype(dtype))
+
+
+def _conformity(abs_z: jax.Array, cdf: str) -> jax.Array:
+  """2 |P - ½| for P = Pr[X < 0], X ~ N(m̂, se²), from |z| = |m̂| / se (§1.3).
+
+  Odd CDF approximations make 2 |P - ½| = |erf(z/√2)| or |tanh(h(z)/2)|; the
+  tanh/erf forms keep relative accuracy for tiny z (§5.4).
+  """
+  if cdf == "normal":
+    return jax.lax.erf(abs_z * _INV_SQRT2)
+  if cdf == "bft":  # tanh((0.07056 z³ + 1.5976 z) / 2); saturates for z=inf.
+    return jnp.tanh(abs_z * (_BFT_A * (abs_z * abs_z) + _BFT_B))
+  if cdf == "bfo":
+    return jnp.tanh(_BFO_HALF * abs_z)
+  return jnp.tanh(_LOGISTIC_HALF * abs_z)  # "logistic"
+
+
+def _scale_from_moments(m: jax.Array, v: jax.Array, k: _Constants,
+                        cdf: str) -> jax.Array:
+  """s = min(1, c · 2|P - ½|) from the already updated EMAs m, v (§1.2)."""
+  m_hat = m * k.inv_bias_correction  # m̂ = m / b_t
+  v_hat = v * k.inv_bias_correction  # v̂ = v / b_t
+  variance = jnp.maximum(v_hat - m_hat * m_hat, 0)  # σ̂² = max(v̂ - m̂², 0)
+  se = jnp.sqrt(variance * k.inv_dof) + k.eps  # sqrt(σ̂² / (n - 1 + ε)) + ε
+  abs_z = jnp.abs(m_hat) / se  # |z| = |m̂| / se
+  return jnp.minimum(k.c * _conformity(abs_z, cdf), 1)  # s, §1.2
+
+
+def _ema(moment: jax.Array, value: jax.Array, decay: jax.Array,
+         one_minus_decay: jax.Array) -> jax.Array:
+  """β·moment + (1 - β)·value, the EMA of §1.2 in optax's operand order."""
+  return one_minus_decay * value + decay * moment
+
+
+def _mean_over_leaves(scales: list[jax.Array]) -> jax.Array:
+  """Element-weighted mean of the scales of all leaves, as float32."""
+  size = sum(int(np.prod(s.shape)) for s in scales)
+  if size == 0:
+    return jnp.ones((), jnp.float32)
+  total = sum(jnp.sum(s, dtype=jnp.float32) for s in scales)
+  return (total / size).astype(jnp.float32)
+
+
+class _ConstantsCache:
+  """One :class:`_Constants` per statistics dtype of a tree."""
+
+  def __init__(self, count, beta, c, eps):
+    self._args = (count, beta, c, eps)
+    self._cache = {}
+
+  def __call__(self, dtype) -> _Constants:
+    dtype = jnp.dtype(dtype)
+    if dtype not in self._cache:
+      count, beta, c, eps = self._args
+      self._cache[dtype] = _constants(count, beta, c, eps, dtype)
+    return self._cache[dtype]
+
+
+# ------------------------------------------------------------- wrapper
+
+
+def cprop(
+    inner: optax.GradientTransformation,
+    beta: jax.typing.ArrayLike = 0.999,
+    c: jax.typing.ArrayLike = 1.0,
+    eps: jax.typing.ArrayLike = 1e-8,
+    cdf: str = "bft",
+) -> optax.GradientTransformationExtraArgs:
+  r"""Scales the updates of ``inner`` by the conformity of past gradients.
+
+  CProp keeps exponential moving averages of the raw gradients :math:`g_t`
+  and of their squares, turns them into a z-test of "the mean gradient is
+  zero" per coordinate, and multiplies the inner transformation's final update
+  by a scale :math:`s_t \in [0, \min(1, c)]` that is close to 1 where past
+  gradients agree in sign and close to 0 where they do not:
+
+  .. math::
+
+    m_t &= \beta m_{t-1} + (1 - \beta) g_t, \quad
+    v_t = \beta v_{t-1} + (1 - \beta) g_t^2, \quad
+    b_t = 1 - \beta^t \\
+    \hat m_t &= m_t / b_t, \quad \hat v_t = v_t / b_t, \quad
+    \hat\sigma_t^2 = \max(\hat v_t - \hat m_t^2, 0), \quad
+    n_t - 1 = \beta (1 - \beta^{t-1}) / (1 - \beta) \\
+    se_t &= \sqrt{\hat\sigma_t^2 / (n_t - 1 + \epsilon)} + \epsilon, \quad
+    z_t = \hat m_t / se_t \\
+    s_t &= \min\bigl(1,\; c \, |2 F(z_t) - 1|\bigr), \quad
+    u_t = s_t \odot \mathrm{inner}(g_t)
+
+  where :math:`F` is the normal CDF or one of its approximations (``cdf``).
+  :math:`\hat\sigma_1^2` is forced to 0, so that :math:`s_1 = \min(1, c)` for
+  every non-zero gradient. The statistics see the gradients passed to this
+  wrapper; the scale multiplies the *output* of ``inner``, so the inner state
+  (e.g. a momentum buffer) accumulates unscaled quantities, as in the
+  reference implementation.
+
+  Statistics are kept in float32 for bfloat16/float16 params and in the
+  params' dtype otherwise (float64 stays float64). ``state.mean_scale`` holds
+  the element-weighted mean of :math:`s_t` over all parameters (the quantity
+  plotted in the paper; 1 before the first update).
+
+  Args:
+    inner: the transformation whose updates are scaled, e.g.
+      ``optax.sgd(0.1, momentum=0.9)`` or ``optax.adam(1e-3)``. Extra keyword
+      arguments of ``update`` are forwarded to it.
+    beta: decay of the gradient EMAs ("gradient horizon"), in [0, 1). Larger
+      values (0.9997, 0.9999) suit longer training.
+    c: overconfidence coefficient, >= 0. Larger ``c`` (3, 5) pushes the scale
+      towards 1; with ``c < 1`` the scale never exceeds ``c``.
+    eps: added to the Bessel divisor and to the standard error, >= 0.
+    cdf: ``"bft"`` (default, Bowling et al.'s two-term logistic approximation
+      of the normal CDF), ``"normal"`` (exact, via ``erf``), ``"bfo"``
+      (one-term) or ``"logistic"``.
+
+  Returns:
+    A :class:`optax.GradientTransformationExtraArgs` with state
+    :class:`CPropState`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> from optax_adaptive import cprop
+    >>> tx = cprop(optax.sgd(0.1, momentum=0.9))
+    >>> params = {"w": jnp.array([1.0, -2.0])}
+    >>> state = tx.init(params)
+    >>> grads = {"w": jnp.array([0.5, 0.5])}
+    >>> updates, state = tx.update(grads, state, params)
+    >>> print(updates["w"], state.mean_scale)
+    [-0.05 -0.05] 1.0
+
+  References:
+    Preechakul & Kijsirikul, `CProp: Adaptive Learning Rate Scaling from Past
+    Gradient Conformity <https://arxiv.org/abs/1912.11493>`_, 2019.
+
+  .. note::
+    Place the wrapper around the optimizer, not inside a chain:
+    ``chain(cprop_like, adam)`` would rescale the gradients Adam normalises,
+    and ``chain(adam, cprop_like)`` would take statistics of Adam's smoothed
+    updates instead of the raw gradients (spec §5.1).
+  """
+  _check_cprop_hyperparams(beta, c, eps, "eps", cdf)
+  inner_update = _common.inner_update_fn(inner)
+
+  def init_fn(params):
+    return CPropState(
+        count=jnp.zeros([], jnp.int32),
+        m=_common.stats_zeros_like(params),
+        v=_common.stats_zeros_like(params),
+        inner_state=inner.init(params),
+        mean_scale=jnp.ones([], jnp.float32),
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    inner_updates, inner_state = inner_update(
+        updates, state.inner_state, params, **extra_args)
+    count = optax.safe_int32_increment(state.count)
+    constants = _ConstantsCache(count, beta, c, eps)
+
+    def leaf(g, u, m, v):
+      k = constants(m.dtype)
+      g = g.astype(m.dtype)
+      m = _ema(m, g, k.beta, k.one_minus_beta)
+      v = _ema(v, g * g, k.beta, k.one_minus_beta)
+      s = _scale_from_moments(m, v, k, cdf)
+      return (u.astype(s.dtype) * s).astype(u.dtype), m, v, s
+
+    treedef = jax.tree.structure(updates)
+    out = [leaf(*args) for args in zip(
+        treedef.flatten_up_to(updates), treedef.flatten_up_to(inner_updates),
+        treedef.flatten_up_to(state.m), treedef.flatten_up_to(state.v))]
+    new_updates, m, v, s = ([o[i] for o in out] for i in range(4))
+    new_state = CPropState(
+        count=count,
+        m=treedef.unflatten(m),
+        v=treedef.unflatten(v),
+        inner_state=inner_state,
+        mean_scale=_mean_over_leaves(s),
+    )
+    return treedef.unflatten(new_updates), new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ------------------------------------------------------------- aliases
+
+
+def cprop_sgd(
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: jax.typing.ArrayLike = 0.0,
+    nesterov: bool = False,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    *,
+    beta: jax.typing.ArrayLike = 0.999,
+    c: jax.typing.ArrayLike = 1.0,
+    eps: jax.typing.ArrayLike = 1e-8,
+    cdf: str = "bft",
+) -> optax.GradientTransformationExtraArgs:
+  r"""SGD (with optional momentum and L2 decay) scaled by CProp.
+
+  The reference CPropSGD:
+
+  .. math::
+
+    d_t = g_t + \lambda \theta_t, \quad
+    b_t = \mu b_{t-1} + d_t, \quad
+    \theta_{t+1} = \theta_t - \eta \, s_t \odot b_t
+
+  (Nesterov: :math:`d_t + \mu b_t` instead of :math:`b_t`), where
+  :math:`s_t` is the CProp scale of :func:`cprop` computed from the raw
+  gradient :math:`g_t`, i.e. *before* weight decay. It is exactly
+  ``cprop(optax.chain(optax.add_decayed_weights(weight_decay),
+  optax.sgd(learning_rate, momentum, nesterov)), beta, c, eps, cdf)``.
+
+  A concrete ``momentum == 0`` maps to ``optax.sgd(momentum=None)``: no
+  momentum buffer is allocated (2 CProp slots per parameter). A non-zero or
+  traced ``momentum`` (e.g. under :func:`optax.inject_hyperparams`, which
+  calls the factory with traced numbers) keeps a momentum buffer, so the
+  state structure never depends on a traced value; pass
+  ``static_args=("momentum",)`` to inject to keep the buffer-free layout.
+
+  Args:
+    learning_rate: a fixed learning rate or a schedule of the step count.
+    momentum: heavy-ball momentum μ (dampening is 0, as in the reference).
+    nesterov: use Nesterov momentum.
+    weight_decay: L2 coefficient λ, added to the gradient inside SGD; the
+      CProp statistics do not see it.
+    beta: CProp's EMA decay, see :func:`cprop`.
+    c: CProp's overconfidence coefficient, see :func:`cprop`.
+    eps: CProp's epsilon, see :func:`cprop`.
+    cdf: CProp's CDF, see :func:`cprop`.
+
+  Returns:
+    A :class:`optax.GradientTransformationExtraArgs` with state
+    :class:`CPropState`.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> from optax_adaptive import cprop_sgd
+    >>> f = lambda x: jnp.sum((x - 3.0) ** 2)
+    >>> tx = cprop_sgd(0.1, momentum=0.5)
+    >>> x = jnp.zeros(2)
+    >>> state = tx.init(x)
+    >>> for _ in range(50):
+    ...   updates, state = tx.update(jax.grad(f)(x), state, x)
+    ...   x = optax.apply_updates(x, updates)
+    >>> print(jnp.round(x, 2))
+    [3. 3.]
+
+  References:
+    Preechakul & Kijsirikul, `CProp: Adaptive Learning Rate Scaling from Past
+    Gradient Conformity <https://arxiv.org/abs/1912.11493>`_, 2019.
+  """
+  _common.check_range("weight_decay", weight_decay, lower=0.0)
+  _common.check_range("momentum", momentum, lower=0.0)
+  no_momentum = _common.is_concrete_number(momentum) and momentum == 0
+  inner = optax.chain(
+      optax.add_decayed_weights(weight_decay),
+      optax.sgd(learning_rate, momentum=None if no_momentum else momentum,
+                nesterov=nesterov),
+  )
+  return cprop(inner, beta=beta, c=c, eps=eps, cdf=cdf)
+
+
+def _shares_second_moment(b2: Any, beta: Any) -> bool:
+  """Static decision of §5.5: share ν as v only for equal concrete numbers."""
+  return (_common.is_concrete_number(b2)
+          and _common.is_concrete_number(beta)
+          and float(b2) == float(beta))
+
+
+def cprop_adam(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    *,
+    beta: jax.typing.ArrayLike = 0.999,
+    c: jax.typing.ArrayLike = 1.0,
+    cprop_eps: jax.typing.ArrayLike = 1e-8,
+    cdf: str = "bft",
+) -> optax.GradientTransformationExtraArgs:
+  r"""Adam scaled by CProp, fused so that both share the second moment.
+
+  The reference CPropAdam (L2-style weight decay, seen by both Adam and
+  CProp):
+
+  .. math::
+
+    d_t &= g_t + \lambda \theta_t, \quad
+    \mu_t = b_1 \mu_{t-1} + (1 - b_1) d_t, \quad
+    \nu_t = b_2 \nu_{t-1} + (1 - b_2) d_t^2 \\
+    u_t &= -\eta_t \, s_t \odot
+      \frac{\mu_t / (1 - b_1^t)}{\sqrt{\nu_t / (1 - b_2^t)} + \epsilon}
+
+  where :math:`s_t` is the CProp scale of :func:`cprop` computed from
+  :math:`d_t` with decay ``beta``. When ``b2 == beta`` (the default) CProp's
+  second moment *is* :math:`\nu_t`, so the state holds 3 slots per parameter
+  (μ, ν, CProp's m) instead of the 4 of
+  ``cprop(optax.adam(...))``; otherwise it holds 4 and matches
+  ``optax.chain(optax.add_decayed_weights(weight_decay),
+  cprop(optax.adam(learning_rate, b1, b2, eps), beta, c, cprop_eps, cdf))``
+  to float rounding. All slots are float32 for bfloat16/float16 params.
+
+  Sharing is decided once, from concrete Python numbers. Under
+  :func:`optax.inject_hyperparams`, ``b2`` and ``beta`` arrive traced and
+  the state then holds 4 slots; ``static_args=("b2", "beta")`` keeps the
+  3-slot layout.
+
+  Args:
+    learning_rate: a fixed learning rate or a schedule of the step count.
+    b1: Adam's first-moment decay.
+    b2: Adam's second-moment decay.
+    eps: Adam's epsilon (added to the root of the second moment).
+    weight_decay: L2 coefficient λ added to the gradient first.
+    beta: CProp's EMA decay, see :func:`cprop`.
+    c: CProp's overconfidence coefficient, see :func:`cprop`.
+    cprop_eps: CProp's epsilon (``eps`` of :func:`cprop`); fp16 training
+      wants a larger value than Adam's, e.g. 1e-5.
+    cdf: CProp's CDF, see :func:`cprop`.
+
+  Returns:
+    A :class:`optax.GradientTransformationExtraArgs` with state
+    :class:`CPropAdamState`.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> from optax_adaptive import cprop_adam
+    >>> f = lambda x: jnp.sum((x - 3.0) ** 2)
+    >>> tx = cprop_adam(learning_rate=0.1)
+    >>> x = jnp.zeros(2)
+    >>> state = tx.init(x)
+    >>> for _ in range(200):
+    ...   updates, state = tx.update(jax.grad(f)(x), state, x)
+    ...   x = optax.apply_updates(x, updates)
+    >>> print(jnp.round(x, 1), state.v is None)
+    [3. 3.] True
+
+  References:
+    Preechakul & Kijsirikul, `CProp: Adaptive Learning Rate Scaling from Past
+    Gradient Conformity <https://arxiv.org/abs/1912.11493>`_, 2019.
+
+    Kingma & Ba, `Adam: A Method for Stochastic Optimization
+    <https://arxiv.org/abs/1412.6980>`_, 2014.
+  """
+  _check_cprop_hyperparams(beta, c, cprop_eps, "cprop_eps", cdf)
+  for name, value in (("b1", b1), ("b2", b2)):
+    _common.check_range(name, value, lower=0.0, upper=1.0,
+                        upper_inclusive=False)
+  _common.check_range("eps", eps, lower=0.0)
+  _common.check_range("weight_decay", weight_decay, lower=0.0)
+  share = _shares_second_moment(b2, beta)
+
+  def init_fn(params):
+    zeros = lambda: _common.stats_zeros_like(params)
+    return CPropAdamState(
+        count=jnp.zeros([], jnp.int32),
+        mu=zeros(),
+        nu=zeros(),
+        m=zeros(),
+        v=None if share else zeros(),
+        mean_scale=jnp.ones([], jnp.float32),
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args  # complies with signature of GradientTransformationExtraArgs but ignores the extra_args
+    decay = _common.is_concrete_number(weight_decay) and weight_decay == 0
+    if not decay:
+      _common.require_params(params, "cprop_adam with weight_decay")
+    step_size = _common.value_at(learning_rate, state.count)
+    count = optax.safe_int32_increment(state.count)
+    cprop_constants = _ConstantsCache(count, beta, c, cprop_eps)
+    adam_constants = _ConstantsCache(count, b1, 0.0, 0.0)
+    nu_constants = _ConstantsCache(count, b2, 0.0, 0.0)
+
+    def leaf(g, p, mu, nu, m, v):
+      dtype = mu.dtype
+      k = cprop_constants(dtype)
+      k1, k2 = adam_constants(dtype), nu_constants(dtype)
+      d = g.astype(dtype)
+      if not decay:  # L2 term, seen by Adam and CProp (§1.4)
+        d = d + jnp.asarray(weight_decay).astype(dtype) * p.astype(dtype)
+      dd = d * d
+      mu = _ema(mu, d, k1.beta, k1.one_minus_beta)
+      nu = _ema(nu, dd, k2.beta, k2.one_minus_beta)
+      m = _ema(m, d, k.beta, k.one_minus_beta)
+      v = nu if v is None else _ema(v, dd, k.beta, k.one_minus_beta)
+      s = _scale_from_moments(m, v, k, cdf)
+      nu_hat = nu * k2.inv_bias_correction
+      adam = (mu * k1.inv_bias_correction) / (
+          jnp.sqrt(nu_hat) + jnp.asarray(eps).astype(dtype))
+      lr = jnp.asarray(step_size).astype(dtype)
+      u = (-lr * adam * s).astype(g.dtype)
+      return u, mu, nu, m, (None if share else v), s
+
+    treedef = jax.tree.structure(updates)
+    flat = lambda tree: treedef.flatten_up_to(tree)
+    flat_params = flat(params) if not decay else [None] * treedef.num_leaves
+    flat_v = flat(state.v) if not share else [None] * treedef.num_leaves
+    out = [leaf(*args) for args in zip(
+        flat(updates), flat_params, flat(state.mu), flat(state.nu),
+        flat(state.m), flat_v)]
+    u, mu, nu, m, v, s = ([o[i] for o in out] for i in range(6))
+    new_state = CPropAdamState(
+        count=count,
+        mu=treedef.unflatten(mu),
+        nu=treedef.unflatten(nu),
+        m=treedef.unflatten(m),
+        v=None if share else treedef.unflatten(v),
+        mean_scale=_mean_over_leaves(s),
+    )
+    return treedef.unflatten(u), new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
