@@ -1,0 +1,992 @@
+# Copyright 2026 The optax_adaptive Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+# ==============================================================================
+"""Parabolic line searches PAL and LABPAL.
+
+PAL: Mutschler & Zell, `Parabolic Approximation Line Search for DNNs
+<https://arxiv.org/abs/1903.11991>`_, NeurIPS 2020.
+
+LABPAL: Mutschler, Laube & Zell, `Using a one dimensional parabolic model of the
+full-batch loss to estimate learning rates during training
+<https://arxiv.org/abs/2108.13880>`_, 2021.
+
+Both follow optax's line-search convention (``value``, ``grad``, ``value_fn``
+and data keyword arguments routed to ``value_fn`` by name) and must be the
+outermost transformation (the last link of a top-level ``optax.chain``).
+Section numbers (``§``) refer to the package's ``labpal.md`` specification.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_adaptive import _common
+
+# ------------------------------------------------------- shared line helpers
+
+
+def _value_fn_arg_names(value_fn: Callable[..., Any]) -> frozenset[str]:
+  """Keyword names ``value_fn`` accepts after its first (params) argument.
+
+  Mirrors optax's ``_extract_fns_kwargs``: only explicitly named parameters
+  receive data; ``*args``/``**kwargs`` catch-alls receive nothing.
+  """
+  kinds = (
+      inspect.Parameter.POSITIONAL_OR_KEYWORD,
+      inspect.Parameter.KEYWORD_ONLY,
+  )
+  params = list(inspect.signature(value_fn).parameters.values())
+  return frozenset(p.name for p in params[1:] if p.kind in kinds)
+
+
+def _value_fn_kwargs(
+    value_fn: Callable[..., Any], extra_args: Mapping[str, Any]
+) -> dict[str, Any]:
+  """The subset of ``extra_args`` that ``value_fn`` takes by name."""
+  names = _value_fn_arg_names(value_fn)
+  return {k: v for k, v in extra_args.items() if k in names}
+
+
+def _fit_dtype() -> jnp.dtype:
+  """float64 when ``jax_enable_x64`` is on, else float32 (spec §7.6.3)."""
+  return jnp.dtype(jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+
+
+def _scalar_dtype(params: optax.Params) -> jnp.dtype:
+  """Dtype of scalar state: float64 for float64 params, else float32."""
+  return _common.widest_float_dtype(params)
+
+
+def _tree_cast_stats(tree: optax.Params) -> optax.Params:
+  """Casts every leaf to its statistics dtype (float32 for bf16/f16)."""
+  return jax.tree.map(lambda x: x.astype(_common.stats_dtype(x.dtype)), tree)
+
+
+def _tree_norm(tree: optax.Params) -> jax.Array:
+  """Global L2 norm accumulated in at least float32."""
+  return jnp.sqrt(_common.tree_vdot_f32(tree, tree))
+
+
+def _move_along(
+    params: optax.Params, direction: optax.Params, distance: jax.Array
+) -> optax.Params:
+  """``params + distance * direction`` leaf-wise, in each param's dtype."""
+  return jax.tree.map(
+      lambda p, d: (p + distance.astype(d.dtype) * d).astype(p.dtype),
+      params,
+      direction,
+  )
+
+
+def _scaled_like(
+    direction: optax.Params, distance: jax.Array, like: optax.Params
+) -> optax.Params:
+  """``distance * direction`` with the dtypes of ``like`` (the params)."""
+  return jax.tree.map(
+      lambda d, ref: (distance.astype(d.dtype) * d).astype(ref.dtype),
+      direction,
+      like,
+  )
+
+
+def _loss_scalar(loss: Any, dtype: jnp.dtype) -> jax.Array:
+  return jnp.asarray(loss).astype(dtype).reshape(())
+
+
+def _maybe_pmean(x: jax.Array, axis_name: str | None) -> jax.Array:
+  return x if axis_name is None else jax.lax.pmean(x, axis_name)
+
+
+def _check_axis_name(axis_name: Any) -> None:
+  if axis_name is not None and not isinstance(axis_name, str):
+    raise TypeError(
+        f"`axis_name` must be None or a string; got {axis_name!r}."
+    )
+
+
+# ======================================================================= PAL
+
+# Values of ``PalInfo.case`` (spec §2.7, §7.2).
+PAL_CASE_MINIMUM = 0  # a > 0, b < 0: step to the parabola's minimum.
+PAL_CASE_CONCAVE = 1  # a <= 0, b < 0: stay at the measured point mu.
+PAL_CASE_NOT_DESCENT = 2  # b >= 0: no step.
+PAL_CASE_NOT_FINITE = 3  # a or b is NaN/Inf: no step.
+
+
+class PalInfo(NamedTuple):
+  """The last parabola of :func:`scale_by_pal`, for monitoring."""
+
+  value_mu: jax.Array  # shape=(), loss at params + mu * u_hat.
+  curvature: jax.Array  # shape=(), a in p(t) = a t^2 + b t + value.
+  slope: jax.Array  # shape=(), b = <grad, u_hat>.
+  case: jax.Array  # shape=(), dtype=jnp.int32, one of PAL_CASE_*.
+  fit_failed: jax.Array  # shape=(), dtype=jnp.bool_, case != minimum.
+
+
+class ScaleByPalState(NamedTuple):
+  """State of :func:`scale_by_pal`."""
+
+  pal_learning_rate: jax.Array  # shape=(), s / ||u||, applied to `updates`.
+  pal_step_length: jax.Array  # shape=(), s, distance moved in param space.
+  info: PalInfo
+
+
+def _pal_step(
+    value: jax.Array,
+    value_mu: jax.Array,
+    slope: jax.Array,
+    measuring_step: jax.Array,
+    update_step_adaptation: jax.Array,
+    max_step: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """PAL's decision (spec §2.5-§2.7, §7.2): (step length, curvature, case)."""
+  mu = measuring_step
+  curvature = (value_mu - value - slope * mu) / mu**2  # spec §2.5
+  finite = jnp.isfinite(curvature) & jnp.isfinite(slope)
+  descent = slope < 0
+  convex = curvature > 0
+  safe_curv = jnp.where(convex & finite, curvature, jnp.ones_like(curvature))
+  minimum = update_step_adaptation * (-slope / (2 * safe_curv))  # spec §2.7
+  step = jnp.where(descent, jnp.where(convex, minimum, mu), 0.0)
+  step = jnp.minimum(step, max_step)  # cap after alpha (spec §2.7)
+  step = jnp.where(finite, step, 0.0)  # spec §7.2: return to theta
+  case = jnp.where(
+      ~finite,
+      PAL_CASE_NOT_FINITE,
+      jnp.where(
+          ~descent,
+          PAL_CASE_NOT_DESCENT,
+          jnp.where(convex, PAL_CASE_MINIMUM, PAL_CASE_CONCAVE),
+      ),
+  ).astype(jnp.int32)
+  return step, curvature, case
+
+
+def scale_by_pal(
+    measuring_step: jax.typing.ArrayLike = 1.0,
+    update_step_adaptation: jax.typing.ArrayLike = 1 / 0.6,
+    max_step: jax.typing.ArrayLike = 3.16,
+    exact_directional_derivative: bool = True,
+    eps: jax.typing.ArrayLike = 1e-10,
+    axis_name: str | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Parabolic approximation line search along the incoming direction.
+
+  Takes ``updates`` as the descent direction :math:`u`, fits a parabola to the
+  loss along :math:`\hat u = u/\|u\|` from ``value``, the slope
+  :math:`b = \langle \nabla L, \hat u\rangle` and one extra loss at
+  :math:`\mu \hat u`, and returns :math:`s \hat u` with :math:`s` the
+  (scaled, capped) parabola minimum. See :func:`pal` for the maths and an
+  example; this core is the last link of a top-level :func:`optax.chain`.
+
+  Args:
+    measuring_step: :math:`\mu`, distance of the extra measurement.
+    update_step_adaptation: :math:`\alpha`, multiplies the parabola minimum.
+    max_step: :math:`s_{\max}`, cap on the step length (applied after
+      :math:`\alpha`).
+    exact_directional_derivative: use :math:`b = \langle g, \hat u\rangle`
+      (needs ``grad``); otherwise :math:`b = -\|u\|`.
+    eps: replaces a zero direction norm.
+    axis_name: if set, the extra loss is averaged with
+      :func:`jax.lax.pmean` over this mapped axis (``pmap``/``shard_map``).
+
+  Returns:
+    A :class:`optax.GradientTransformationExtraArgs` whose ``update`` takes
+    the keyword arguments ``value``, ``grad`` (only when
+    ``exact_directional_derivative``), ``value_fn`` and the data arguments of
+    ``value_fn`` by name.
+  """
+  _common.check_range("measuring_step", measuring_step, lower=0.0,
+                      lower_inclusive=False)
+  _common.check_range("update_step_adaptation", update_step_adaptation,
+                      lower=0.0, lower_inclusive=False)
+  _common.check_range("max_step", max_step, lower=0.0)
+  _common.check_range("eps", eps, lower=0.0, lower_inclusive=False)
+  _check_axis_name(axis_name)
+
+  def init_fn(params: optax.Params) -> ScaleByPalState:
+    dtype = _scalar_dtype(params)
+    zero = jnp.zeros((), dtype)
+    return ScaleByPalState(
+        pal_learning_rate=zero,
+        pal_step_length=zero,
+        info=PalInfo(
+            value_mu=zero,
+            curvature=zero,
+            slope=zero,
+            case=jnp.zeros((), jnp.int32),
+            fit_failed=jnp.zeros((), jnp.bool_),
+        ),
+    )
+
+  def update_fn(
+      updates: optax.Updates,
+      state: ScaleByPalState,
+      params: optax.Params | None = None,
+      *,
+      value: jax.typing.ArrayLike | None = None,
+      grad: optax.Updates | None = None,
+      value_fn: Callable[..., jax.typing.ArrayLike] | None = None,
+      **extra_args: Any,
+  ) -> tuple[optax.Updates, ScaleByPalState]:
+    _common.require_params(params, "scale_by_pal")
+    _common.require_extra_arg(value, "value", "scale_by_pal")
+    _common.require_extra_arg(value_fn, "value_fn", "scale_by_pal")
+    _common.check_callable("value_fn", value_fn)
+    if exact_directional_derivative:
+      _common.require_extra_arg(grad, "grad", "scale_by_pal")
+    fn_kwargs = _value_fn_kwargs(value_fn, extra_args)
+    del extra_args  # the rest is ignored, as GradientTransformationExtraArgs
+
+    dtype = state.pal_learning_rate.dtype
+    direction = _tree_cast_stats(updates)
+    norm = _tree_norm(direction).astype(dtype)  # spec §2.3
+    norm = jnp.maximum(norm, jnp.asarray(eps, dtype))
+    unit = jax.tree.map(lambda d: d / norm.astype(d.dtype), direction)
+    if exact_directional_derivative:
+      slope = _common.tree_vdot_f32(grad, unit).astype(dtype)
+    else:
+      slope = -norm
+    mu = jnp.asarray(measuring_step, dtype)
+    value_mu = value_fn(_move_along(params, unit, mu), **fn_kwargs)
+    value_mu = _maybe_pmean(_loss_scalar(value_mu, dtype), axis_name)
+    step, curvature, case = _pal_step(
+        _loss_scalar(value, dtype),
+        value_mu,
+        slope,
+        mu,
+        jnp.asarray(update_step_adaptation, dtype),
+        jnp.asarray(max_step, dtype),
+    )
+    new_updates = _scaled_like(unit, step, params)  # spec §2.8
+    new_state = ScaleByPalState(
+        pal_learning_rate=step / norm,
+        pal_step_length=step,
+        info=PalInfo(
+            value_mu=value_mu,
+            curvature=curvature,
+            slope=slope,
+            case=case,
+            fit_failed=case != PAL_CASE_MINIMUM,
+        ),
+    )
+    return new_updates, new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def pal(
+    measuring_step: jax.typing.ArrayLike = 1.0,
+    update_step_adaptation: jax.typing.ArrayLike = 1 / 0.6,
+    max_step: jax.typing.ArrayLike = 3.16,
+    momentum: jax.typing.ArrayLike = 0.4,
+    exact_directional_derivative: bool = True,
+    eps: jax.typing.ArrayLike = 1e-10,
+    axis_name: str | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""PAL: a parabolic line search on each mini-batch.
+
+  With the heavy-ball direction :math:`d_t = \beta d_{t-1} + g_t`
+  (:func:`optax.trace`), unit vector :math:`\hat u = -d/\|d\|` and the loss
+  :math:`\ell(t) = L_B(\theta + t\hat u)` of the *current* batch :math:`B`,
+  PAL measures :math:`\ell(0)` (``value``), the slope
+  :math:`b = \langle g, \hat u\rangle` and :math:`\ell(\mu)` (one extra
+  forward pass), fits the parabola :math:`p(t) = a t^2 + b t + \ell(0)`
+  and steps
+
+  .. math::
+
+    a = \frac{\ell(\mu) - \ell(0) - b\mu}{\mu^2}, \qquad
+    s = \min\Bigl(s_{\max},\;
+      \begin{cases}
+        \alpha\,\frac{-b}{2a} & a > 0,\ b < 0 \\
+        \mu & a \le 0,\ b < 0 \\
+        0 & b \ge 0
+      \end{cases}\Bigr), \qquad
+    \theta_{t+1} = \theta_t + s\,\hat u .
+
+  A non-finite :math:`a` or :math:`b` gives :math:`s = 0`. The learning rate
+  :math:`s/\|d\|` is in ``state.pal_learning_rate`` (read it with
+  ``optax.tree.get(state, 'pal_learning_rate')``), the parabola in
+  ``state.info``.
+
+  ``pal`` is ``chain(trace(momentum), scale(-1), scale_by_pal(...))`` (the
+  trace is omitted when ``momentum`` is a Python 0). It must be used at the
+  top level, never inside ``optax.partition``, ``optax.masked`` or
+  ``optax.MultiSteps``, and it needs the keyword arguments ``value`` (loss
+  at ``params``), ``grad``, ``value_fn`` and ``value_fn``'s data arguments by
+  name. ``value`` and ``value_fn`` must see the same batch and the same
+  dropout key. Cost per step: one forward-backward pass (yours) plus one
+  forward pass.
+
+  Args:
+    measuring_step: :math:`\mu`, distance of the extra measurement.
+    update_step_adaptation: :math:`\alpha`, multiplies the parabola minimum.
+    max_step: :math:`s_{\max}`, cap on the step length.
+    momentum: :math:`\beta` (the reference's "conjugate gradient factor").
+    exact_directional_derivative: use :math:`b = \langle g, \hat u\rangle`
+      rather than :math:`-\|d\|`.
+    eps: replaces a zero direction norm.
+    axis_name: if set, the extra loss is averaged with
+      :func:`jax.lax.pmean` over this axis (``pmap``/``shard_map``); pass
+      ``value`` and ``grad`` already averaged.
+
+  Returns:
+    A :class:`optax.GradientTransformationExtraArgs`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from optax_adaptive import pal
+    >>> def loss(params, x, y):
+    ...   return jnp.mean((x @ params - y) ** 2)
+    >>> x = jnp.array([[1.0, 0.0], [0.0, 2.0]])
+    >>> y = jnp.array([1.0, -1.0])
+    >>> params = jnp.zeros(2)
+    >>> tx = pal(momentum=0.0)
+    >>> state = tx.init(params)
+    >>> for _ in range(3):
+    ...   value, grad = jax.value_and_grad(loss)(params, x, y)
+    ...   updates, state = tx.update(grad, state, params, value=value,
+    ...                              grad=grad, value_fn=loss, x=x, y=y)
+    ...   params = optax.apply_updates(params, updates)
+    >>> print(f"{loss(params, x, y):.4f}")
+    0.0000
+
+  References:
+    Mutschler & Zell, `Parabolic Approximation Line Search for DNNs
+    <https://arxiv.org/abs/1903.11991>`_, NeurIPS 2020.
+
+  .. note::
+    The reference leaves parameters at :math:`\theta + \mu\hat u` when the fit
+    is not finite; this implementation returns to :math:`\theta` instead.
+  """
+  line_search = scale_by_pal(
+      measuring_step=measuring_step,
+      update_step_adaptation=update_step_adaptation,
+      max_step=max_step,
+      exact_directional_derivative=exact_directional_derivative,
+      eps=eps,
+      axis_name=axis_name,
+  )
+  _common.check_range("momentum", momentum, lower=0.0, upper=1.0,
+                      upper_inclusive=False)
+  if _common.is_concrete_number(momentum) and float(momentum) == 0.0:
+    return optax.chain(optax.scale(-1.0), line_search)
+  return optax.chain(
+      optax.trace(decay=momentum), optax.scale(-1.0), line_search
+  )
+
+
+# ==================================================================== LABPAL
+
+# Values of ``LabpalInfo.status``.
+LABPAL_STATUS_NONE = 0  # no measurement yet.
+LABPAL_STATUS_OK = 1  # parabola accepted, estimate updated.
+LABPAL_STATUS_FIT_FAILED = 2  # fit rejected; moved with the old estimate.
+LABPAL_STATUS_RETRY = 3  # no usable estimate or direction; measure again.
+
+_MODES = ("nsgd", "sgd")
+_FITS = ("reference", "exact")
+
+
+class LabpalInfo(NamedTuple):
+  """The last measurement of :func:`scale_by_labpal`, for monitoring."""
+
+  value0: jax.Array  # shape=(), mean loss at t = 0 over approx_batch.
+  value_h: jax.Array  # shape=(), mean loss at t = fd_step.
+  value_mu: jax.Array  # shape=(), mean loss at t = measure_step.
+  curvature: jax.Array  # shape=(), a of the fit (a_ref = A/2 if reference).
+  slope: jax.Array  # shape=(), b of the fit (b_ref = B + A h if reference).
+  raw_step: jax.Array  # shape=(), alpha * min(s_fit, max_step), floored.
+  status: jax.Array  # shape=(), dtype=jnp.int32, one of LABPAL_STATUS_*.
+  fit_failed: jax.Array  # shape=(), dtype=jnp.bool_
+
+
+class ScaleByLabpalState(NamedTuple):
+  """State of :func:`scale_by_labpal`."""
+
+  updates_done: jax.Array  # shape=(), dtype=jnp.int32, starts at -1.
+  since_measure: jax.Array  # shape=(), dtype=jnp.int32
+  pending: jax.Array  # shape=(), dtype=jnp.bool_, measure on next update.
+  have_estimate: jax.Array  # shape=(), dtype=jnp.bool_
+  labpal_step_length: jax.Array  # shape=(), s-bar (used in 'nsgd' mode).
+  labpal_learning_rate: jax.Array  # shape=(), lambda-bar ('sgd' mode).
+  hist_step: jax.Array  # shape=(avg_window,), trusted raw steps (ring).
+  hist_lr: jax.Array  # shape=(avg_window,), trusted raw learning rates.
+  hist_count: jax.Array  # shape=(), dtype=jnp.int32, valid ring entries.
+  hist_index: jax.Array  # shape=(), dtype=jnp.int32, next ring slot.
+  momentum: optax.Updates | None  # like params (stats dtype) or None.
+  info: LabpalInfo
+
+
+class _Fit(NamedTuple):
+  curvature: jax.Array
+  slope: jax.Array
+  step: jax.Array  # distance to the fitted (or reference) minimum
+  ok: jax.Array
+
+
+def _parabola_through(
+    diff_h: jax.Array, diff_mu: jax.Array, h: jax.Array, mu: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+  """(A, B) of p(t) = A t² + B t + L0 through (0,0), (h,Δh), (μ,Δμ)."""
+  first = diff_h / h
+  curv = ((diff_mu - diff_h) / (mu - h) - first) / mu  # spec §3.3.4
+  return curv, first - curv * h
+
+
+def _fit_parabola(
+    diff_h: jax.Array,
+    diff_mu: jax.Array,
+    h: jax.Array,
+    mu: jax.Array,
+    fit: str,
+) -> _Fit:
+  """The reference fit (default) or the exact one, spec §3.3.4."""
+  curv, slope = _parabola_through(diff_h, diff_mu, h, mu)
+  if fit == "reference":
+    # np.gradient twice over [0, h, mu]: b_ref = B + A h, a_ref = A / 2.
+    curv, slope = curv / 2, diff_h / h
+  ok = (curv > 0) & (slope < 0)
+  safe_curv = jnp.where(ok, curv, jnp.ones_like(curv))
+  return _Fit(curv, slope, -slope / (2 * safe_curv), ok)
+
+
+def _masked_mean(hist: jax.Array, count: jax.Array) -> jax.Array:
+  valid = jnp.arange(hist.shape[0]) < count
+  total = jnp.sum(jnp.where(valid, hist, 0.0))
+  return total / jnp.maximum(count, 1).astype(hist.dtype)
+
+
+def _nanmean_rows(values: jax.Array, valid: jax.Array) -> jax.Array:
+  """Mean over the valid rows (NaN when there is none)."""
+  count = jnp.sum(valid).astype(values.dtype)
+  total = jnp.sum(jnp.where(valid, values, 0.0))
+  return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+
+
+def _leading_size(tree: Any) -> int | None:
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return None
+  sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
+  if len(sizes) != 1 or None in sizes:
+    raise ValueError(
+        "scale_by_labpal: every leaf of `approx_batch` needs the same leading"
+        f" axis M (one entry per mini-batch); got leading sizes {sizes}."
+    )
+  return sizes.pop()
+
+
+def _check_approx_batch(
+    approx_batch: Any, value_fn: Callable[..., Any], approx_batches: Any
+) -> None:
+  if not isinstance(approx_batch, Mapping):
+    raise TypeError(
+        "scale_by_labpal: `approx_batch` must be a mapping from `value_fn`"
+        " argument names to arrays stacked along a leading axis of M"
+        f" mini-batches; got {type(approx_batch).__name__}."
+    )
+  unknown = set(approx_batch) - _value_fn_arg_names(value_fn)
+  if unknown:
+    raise TypeError(
+        f"scale_by_labpal: `approx_batch` keys {sorted(unknown)} are not"
+        " arguments of `value_fn`."
+    )
+  size = _leading_size(approx_batch)
+  if (
+      size is not None
+      and isinstance(approx_batches, int)
+      and size % approx_batches
+  ):
+    raise ValueError(
+        f"scale_by_labpal: `approx_batch` holds M={size} mini-batches, which"
+        f" is not a multiple of `approx_batches`={approx_batches} (M = "
+        "approx_batches * k for k accumulated training batches)."
+    )
+
+
+def scale_by_labpal(
+    mode: str = "nsgd",
+    reuse_steps: jax.typing.ArrayLike = 1000,
+    approx_batches: int = 10,
+    measure_step: jax.typing.ArrayLike = 0.01,
+    fd_step: jax.typing.ArrayLike = 1.77e-4,
+    update_step_adaptation: jax.typing.ArrayLike = 1.8,
+    max_step: jax.typing.ArrayLike = 1.0,
+    untrusted_updates: jax.typing.ArrayLike = 400,
+    avg_window: int = 25,
+    eps: jax.typing.ArrayLike = 1e-6,
+    norm_bounds: tuple[float, float] = (1e-3, 100.0),
+    momentum: jax.typing.ArrayLike = 0.0,
+    fit: str = "reference",
+    axis_name: str | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""LABPAL's transformation; see :func:`labpal` for the full description.
+
+  Args:
+    mode: ``"nsgd"`` (reuse the step length :math:`\bar s`) or ``"sgd"``
+      (reuse the learning rate :math:`\bar\lambda`).
+    reuse_steps: weight updates per measurement (the measurement included).
+    approx_batches: :math:`m_a`; ``approx_batch`` must hold a multiple of it.
+    measure_step: :math:`\mu`, third sample point along the line.
+    fd_step: :math:`h`, second sample point along the line.
+    update_step_adaptation: :math:`\alpha`.
+    max_step: :math:`s_{\max}`, cap applied *before* :math:`\alpha`.
+    untrusted_updates: :math:`U`, updates before the estimates are averaged.
+    avg_window: :math:`W`, trusted measurements averaged (static int).
+    eps: floor of steps and learning rates, replaces a zero norm.
+    norm_bounds: ``(low, high)``; a measurement whose direction norm lies
+      outside is rejected and retried.
+    momentum: :math:`\beta` of the direction's heavy-ball buffer. The buffer
+      exists (1 params copy) unless ``momentum`` is a Python 0.
+    fit: ``"reference"`` (faithful, default) or ``"exact"``.
+    axis_name: if set, the measured losses are averaged with
+      :func:`jax.lax.pmean` over this axis.
+
+  Returns:
+    A :class:`optax.GradientTransformationExtraArgs`.
+  """
+  _common.check_choice("mode", mode, _MODES)
+  _common.check_choice("fit", fit, _FITS)
+  _common.check_positive_int("avg_window", avg_window)
+  if not isinstance(approx_batches, jax.Array):
+    _common.check_positive_int("approx_batches", approx_batches)
+  _common.check_range("reuse_steps", reuse_steps, lower=1.0)
+  _common.check_range("untrusted_updates", untrusted_updates, lower=0.0)
+  _common.check_range("measure_step", measure_step, lower=0.0,
+                      lower_inclusive=False)
+  _common.check_range("fd_step", fd_step, lower=0.0, lower_inclusive=False)
+  if _common.is_concrete_number(fd_step) and _common.is_concrete_number(
+      measure_step
+  ):
+    if fd_step >= measure_step:
+      raise ValueError(
+          f"`fd_step` ({fd_step}) must be smaller than `measure_step` "
+          f"({measure_step})."
+      )
+  _common.check_range("update_step_adaptation", update_step_adaptation,
+                      lower=0.0, lower_inclusive=False)
+  _common.check_range("max_step", max_step, lower=0.0, lower_inclusive=False)
+  _common.check_range("eps", eps, lower=0.0, lower_inclusive=False)
+  _common.check_range("momentum", momentum, lower=0.0, upper=1.0,
+                      upper_inclusive=False)
+  if not (isinstance(norm_bounds, tuple) and len(norm_bounds) == 2):
+    raise TypeError(
+        f"`norm_bounds` must be a tuple (low, high); got {norm_bounds!r}."
+    )
+  if all(_common.is_concrete_number(b) for b in norm_bounds) and not (
+      0 <= norm_bounds[0] < norm_bounds[1]
+  ):
+    raise ValueError(
+        f"`norm_bounds` must satisfy 0 <= low < high; got {norm_bounds}."
+    )
+  _check_axis_name(axis_name)
+  use_momentum = not (
+      _common.is_concrete_number(momentum) and float(momentum) == 0.0
+  )
+
+  def init_fn(params: optax.Params) -> ScaleByLabpalState:
+    dtype = _scalar_dtype(params)
+    zero = jnp.zeros((), dtype)
+    int_zero = jnp.zeros((), jnp.int32)
+    return ScaleByLabpalState(
+        updates_done=jnp.full((), -1, jnp.int32),
+        since_measure=int_zero,
+        pending=jnp.ones((), jnp.bool_),
+        have_estimate=jnp.zeros((), jnp.bool_),
+        labpal_step_length=zero,
+        labpal_learning_rate=zero,
+        hist_step=jnp.zeros((avg_window,), dtype),
+        hist_lr=jnp.zeros((avg_window,), dtype),
+        hist_count=int_zero,
+        hist_index=int_zero,
+        momentum=_common.stats_zeros_like(params) if use_momentum else None,
+        info=LabpalInfo(
+            value0=zero,
+            value_h=zero,
+            value_mu=zero,
+            curvature=zero,
+            slope=zero,
+            raw_step=zero,
+            status=int_zero,
+            fit_failed=jnp.zeros((), jnp.bool_),
+        ),
+    )
+
+  def schedule_pending(since: jax.Array, done: jax.Array) -> jax.Array:
+    """Triggers (b) and (c) of spec §3.2, evaluated after an update."""
+    reuse_due = since >= jnp.asarray(reuse_steps, jnp.int32) - 1
+    warmup_end = done == jnp.asarray(untrusted_updates, jnp.int32) + 1
+    return reuse_due | warmup_end
+
+  def direction_of(grad, state):
+    """d = β·m + ḡ (spec §3.1) in the statistics dtype, and its norm."""
+    grad = _tree_cast_stats(grad)
+    if use_momentum:
+      direction = jax.tree.map(
+          lambda m, g: momentum * m + g, state.momentum, grad
+      )
+    else:
+      direction = grad
+    return grad, direction, _tree_norm(direction)
+
+  def new_momentum(state, direction, moved):
+    if not use_momentum:
+      return None
+    return jax.tree.map(
+        lambda d, m: jnp.where(moved, d, m), direction, state.momentum
+    )
+
+  def train_branch(grad, state, params):
+    """Plain SGD / normalised SGD step with the reused estimate, §3.5."""
+    dtype = state.labpal_step_length.dtype
+    _, direction, norm = direction_of(grad, state)
+    norm = jnp.maximum(norm.astype(dtype), jnp.asarray(eps, dtype))
+    if mode == "sgd":
+      scale = -state.labpal_learning_rate
+    else:
+      scale = -state.labpal_step_length / norm
+    updates = _scaled_like(direction, scale, params)
+    done = optax.safe_int32_increment(state.updates_done)
+    since = optax.safe_int32_increment(state.since_measure)
+    new_state = state._replace(
+        updates_done=done,
+        since_measure=since,
+        pending=schedule_pending(since, done),
+        momentum=new_momentum(state, direction, True),
+    )
+    return updates, new_state
+
+  def measure_losses(params, unit, value_fn, fn_kwargs, approx_batch, dtype):
+    """Losses [M, 3] at t = 0, h, μ along -û on each mini-batch (§3.3)."""
+    points = (0.0, fd_step, measure_step)
+
+    def per_batch(batch):
+      kwargs = {**fn_kwargs, **batch}
+      losses = [
+          value_fn(_move_along(params, unit, -jnp.asarray(t, dtype)),
+                   **kwargs)
+          for t in points
+      ]
+      return jnp.stack([_loss_scalar(x, dtype) for x in losses])
+
+    if _leading_size(approx_batch) is None:
+      losses = per_batch(dict(approx_batch))[None]
+    else:
+      losses = jax.lax.map(per_batch, dict(approx_batch))
+    return _maybe_pmean(losses, axis_name)
+
+  def measure_branch(grad, state, params, value_fn, fn_kwargs, approx_batch):
+    """One measurement and its update (spec §3.3, §7.3)."""
+    dtype = state.labpal_step_length.dtype
+    fdt = _fit_dtype()
+    grad, direction, norm = direction_of(grad, state)
+    norm_f = norm.astype(fdt)
+    safe_norm = jnp.where(norm_f == 0, jnp.asarray(eps, fdt), norm_f)
+    unit = jax.tree.map(lambda d: d / safe_norm.astype(d.dtype), direction)
+    slope_dir = -_common.tree_vdot_f32(grad, direction).astype(fdt) / safe_norm
+    low, high = norm_bounds
+    ok_dir = (
+        (slope_dir < 0)
+        & jnp.isfinite(norm_f)
+        & (norm_f >= low)
+        & (norm_f <= high)
+    )  # spec §3.3.1 guard
+
+    losses = jax.lax.cond(
+        ok_dir,
+        lambda: measure_losses(
+            params, unit, value_fn, fn_kwargs, approx_batch, fdt
+        ),
+        lambda: jnp.zeros(
+            (max(_leading_size(approx_batch) or 1, 1), 3), fdt
+        ),
+    )
+    # Per-batch differences, then the mean over finite batches (§7.6.3).
+    valid = jnp.all(jnp.isfinite(losses), axis=1)
+    diff_h = _nanmean_rows(losses[:, 1] - losses[:, 0], valid)
+    diff_mu = _nanmean_rows(losses[:, 2] - losses[:, 0], valid)
+    h = jnp.asarray(fd_step, fdt)
+    mu = jnp.asarray(measure_step, fdt)
+    fitted = _fit_parabola(diff_h, diff_mu, h, mu, fit)
+
+    alpha = jnp.asarray(update_step_adaptation, fdt)
+    floor = jnp.asarray(eps, fdt)
+    raw_step = alpha * jnp.minimum(fitted.step, max_step)  # cap before α
+    raw_step = jnp.maximum(raw_step, floor)  # spec §3.3.5
+    raw_lr = jnp.maximum(raw_step / jnp.maximum(safe_norm, floor), floor)
+    ok_fit = ok_dir & fitted.ok & jnp.isfinite(raw_step) & jnp.isfinite(raw_lr)
+    raw_step = jnp.where(ok_fit, raw_step, 0.0).astype(dtype)
+    raw_lr = jnp.where(ok_fit, raw_lr, 0.0).astype(dtype)
+
+    # Ring buffer of trusted measurements and the estimates, spec §3.3.5.
+    trusted = state.updates_done > jnp.asarray(untrusted_updates, jnp.int32)
+    push = ok_fit & trusted
+    slot = state.hist_index
+    hist_step = jnp.where(
+        push, state.hist_step.at[slot].set(raw_step), state.hist_step
+    )
+    hist_lr = jnp.where(push, state.hist_lr.at[slot].set(raw_lr),
+                        state.hist_lr)
+    hist_count = jnp.where(
+        push, jnp.minimum(state.hist_count + 1, avg_window), state.hist_count
+    )
+    hist_index = jnp.where(push, (slot + 1) % avg_window, slot)
+    new_step = jnp.where(
+        ok_fit,
+        jnp.where(trusted, _masked_mean(hist_step, hist_count), raw_step),
+        state.labpal_step_length,
+    )
+    new_lr = jnp.where(
+        ok_fit,
+        jnp.where(trusted, _masked_mean(hist_lr, hist_count), raw_lr),
+        state.labpal_learning_rate,
+    )
+    have_estimate = state.have_estimate | ok_fit
+    move = ok_dir & have_estimate  # spec §7.3, step 6
+    updates = _scaled_like(
+        unit, jnp.where(move, -new_step, 0.0).astype(fdt), params
+    )
+    done = jnp.where(
+        move, optax.safe_int32_increment(state.updates_done),
+        state.updates_done,
+    )
+    since = jnp.where(move, 0, state.since_measure).astype(jnp.int32)
+    retry = ~move & (state.pending | ~have_estimate)
+    pending = jnp.where(move, schedule_pending(since, done), retry)
+    status = jnp.where(
+        ok_fit,
+        LABPAL_STATUS_OK,
+        jnp.where(move, LABPAL_STATUS_FIT_FAILED, LABPAL_STATUS_RETRY),
+    ).astype(jnp.int32)
+    info = LabpalInfo(
+        value0=_nanmean_rows(losses[:, 0], valid).astype(dtype),
+        value_h=_nanmean_rows(losses[:, 1], valid).astype(dtype),
+        value_mu=_nanmean_rows(losses[:, 2], valid).astype(dtype),
+        curvature=fitted.curvature.astype(dtype),
+        slope=fitted.slope.astype(dtype),
+        raw_step=raw_step,
+        status=status,
+        fit_failed=~ok_fit,
+    )
+    new_state = ScaleByLabpalState(
+        updates_done=done,
+        since_measure=since,
+        pending=pending,
+        have_estimate=have_estimate,
+        labpal_step_length=new_step.astype(dtype),
+        labpal_learning_rate=new_lr.astype(dtype),
+        hist_step=hist_step,
+        hist_lr=hist_lr,
+        hist_count=hist_count.astype(jnp.int32),
+        hist_index=hist_index.astype(jnp.int32),
+        momentum=new_momentum(state, direction, move),
+        info=info,
+    )
+    return updates, new_state
+
+  def update_fn(
+      updates: optax.Updates,
+      state: ScaleByLabpalState,
+      params: optax.Params | None = None,
+      *,
+      value: jax.typing.ArrayLike | None = None,
+      grad: optax.Updates | None = None,
+      value_fn: Callable[..., jax.typing.ArrayLike] | None = None,
+      approx_batch: Mapping[str, Any] | None = None,
+      force_measure: jax.typing.ArrayLike = False,
+      **extra_args: Any,
+  ) -> tuple[optax.Updates, ScaleByLabpalState]:
+    del updates, value  # LABPAL builds its direction from `grad` (§7.3).
+    _common.require_params(params, "scale_by_labpal")
+    _common.require_extra_arg(grad, "grad", "scale_by_labpal")
+    _common.require_extra_arg(value_fn, "value_fn", "scale_by_labpal")
+    _common.check_callable("value_fn", value_fn)
+    _common.require_extra_arg(approx_batch, "approx_batch", "scale_by_labpal")
+    _check_approx_batch(approx_batch, value_fn, approx_batches)
+    fn_kwargs = _value_fn_kwargs(value_fn, extra_args)
+    del extra_args  # the rest is ignored, as GradientTransformationExtraArgs
+
+    measure = state.pending | jnp.asarray(force_measure, jnp.bool_)
+    # The branches close over their inputs (value_fn is not an array).
+    return jax.lax.cond(
+        measure,
+        lambda: measure_branch(
+            grad, state, params, value_fn, fn_kwargs, approx_batch
+        ),
+        lambda: train_branch(grad, state, params),
+    )
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def labpal(
+    mode: str = "nsgd",
+    reuse_steps: jax.typing.ArrayLike = 1000,
+    approx_batches: int = 10,
+    measure_step: jax.typing.ArrayLike = 0.01,
+    fd_step: jax.typing.ArrayLike = 1.77e-4,
+    update_step_adaptation: jax.typing.ArrayLike = 1.8,
+    max_step: jax.typing.ArrayLike = 1.0,
+    untrusted_updates: jax.typing.ArrayLike = 400,
+    avg_window: int = 25,
+    eps: jax.typing.ArrayLike = 1e-6,
+    norm_bounds: tuple[float, float] = (1e-3, 100.0),
+    momentum: jax.typing.ArrayLike = 0.0,
+    fit: str = "reference",
+    axis_name: str | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""LABPAL: a parabolic model of the full-batch loss, measured rarely.
+
+  Every ``reuse_steps`` weight updates (and once more after the
+  ``untrusted_updates`` warm-up) LABPAL *measures*: with the direction
+  :math:`d = \beta m + \bar g` (``grad``, the mean gradient of the step's
+  :math:`k` training batches), :math:`n = \|d\|`, :math:`\hat u = d/n`, it
+  evaluates the mean loss over the :math:`M` mini-batches of
+  ``approx_batch`` at :math:`t \in \{0, h, \mu\}`, on the line
+  :math:`\theta - t\hat u`, and fits :math:`p(t) = A t^2 + B t + L_0`:
+
+  .. math::
+
+    A = \frac{1}{\mu}\Bigl[\frac{L_\mu - L_h}{\mu - h}
+        - \frac{L_h - L_0}{h}\Bigr], \qquad
+    B = \frac{L_h - L_0}{h} - A h .
+
+  ``fit="exact"`` uses :math:`(a, b) = (A, B)`. ``fit="reference"`` (default,
+  faithful to the reference code, which differentiates with ``np.gradient``
+  twice) uses :math:`(a, b) = (A/2,\ B + A h)`, i.e. the step
+  :math:`2 s^* - h`; its tuned :math:`\alpha = 1.8` assumes this. A fit
+  succeeds when :math:`a > 0 > b`; then
+
+  .. math::
+
+    s_{\mathrm{raw}} = \max\bigl(\alpha \min(-b/(2a),\ s_{\max}),\
+    \epsilon\bigr), \qquad
+    \lambda_{\mathrm{raw}} = \max(s_{\mathrm{raw}}/n,\ \epsilon).
+
+  During the first ``untrusted_updates`` updates the estimates are the raw
+  values; afterwards :math:`\bar s, \bar\lambda` are the means of the last
+  ``avg_window`` successful measurements. A failed fit keeps the old
+  estimates. The measuring update moves :math:`\theta - \bar s \hat u`.
+  Between measurements LABPAL trains with the reused estimate:
+  :math:`\theta - \bar\lambda d` (``mode="sgd"``) or
+  :math:`\theta - \bar s\, d/\|d\|` (``mode="nsgd"``). A direction with
+  :math:`n \notin` ``norm_bounds`` or a first fit that fails is retried on
+  the next call without moving.
+
+  ``update(updates, state, params, *, grad, value_fn, approx_batch,
+  force_measure=False, value=None, **data)`` ignores ``updates`` (pass the
+  gradient) and ``value``. ``approx_batch`` is a mapping from ``value_fn``
+  argument names to arrays stacked along a leading axis of :math:`M`
+  mini-batches (:math:`M` a multiple of ``approx_batches``, first entries =
+  the step's own training batches); other ``value_fn`` arguments may be
+  passed as plain keyword arguments and are shared by all :math:`M`
+  evaluations. One jitted ``update`` serves both kinds of step through
+  :func:`jax.lax.cond`: training steps cost nothing extra, measuring steps
+  cost :math:`3M` forward passes evaluated sequentially with
+  :func:`jax.lax.map`. Keep the data on the device and gather inside
+  ``value_fn`` from an index array in ``approx_batch`` to avoid moving
+  :math:`M` batches every step. ``force_measure=True`` triggers a measurement
+  (e.g. at a batch-size-schedule boundary).
+
+  LABPAL is a complete optimizer: use it alone, at the top level (never in
+  ``optax.partition``, ``optax.masked`` or ``optax.MultiSteps``; accumulate
+  the :math:`k` gradients yourself). Its state exposes
+  ``labpal_step_length`` (:math:`\bar s`), ``labpal_learning_rate``
+  (:math:`\bar\lambda`) and ``info`` (the last measurement's losses,
+  coefficients, raw step and ``status``, one of ``LABPAL_STATUS_*``).
+
+  Args:
+    mode: ``"nsgd"`` (reuse the step length, default) or ``"sgd"``.
+    reuse_steps: weight updates per measurement, the measurement included.
+    approx_batches: :math:`m_a`; ``approx_batch`` holds :math:`m_a k`
+      mini-batches.
+    measure_step: :math:`\mu`, third sample point.
+    fd_step: :math:`h`, second sample point.
+    update_step_adaptation: :math:`\alpha`.
+    max_step: :math:`s_{\max}`, applied *before* :math:`\alpha`.
+    untrusted_updates: :math:`U`, updates during which estimates are not
+      averaged.
+    avg_window: :math:`W`, measurements averaged (static Python int).
+    eps: floor of steps and learning rates; replaces a zero norm.
+    norm_bounds: ``(low, high)`` accepted range of :math:`\|d\|`.
+    momentum: :math:`\beta` of the direction's heavy-ball buffer (a params
+      copy exists unless it is a Python 0).
+    fit: ``"reference"`` or ``"exact"``.
+    axis_name: if set, the :math:`3M` losses are averaged with
+      :func:`jax.lax.pmean` over this axis; pass ``grad`` already averaged.
+
+  Returns:
+    A :class:`optax.GradientTransformationExtraArgs`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from optax_adaptive import labpal
+    >>> def loss(params, x, y):
+    ...   return jnp.mean((x @ params - y) ** 2)
+    >>> keys = jax.random.split(jax.random.key(0), 3)
+    >>> xs = jax.random.normal(keys[0], (10, 16, 3))  # M = 10 mini-batches
+    >>> w_true = jnp.array([1.0, -2.0, 0.5])
+    >>> ys = xs @ w_true
+    >>> tx = labpal(reuse_steps=5, untrusted_updates=0)
+    >>> params = jnp.zeros(3)
+    >>> state = tx.init(params)
+    >>> @jax.jit
+    ... def step(params, state, i):
+    ...   x, y = xs[i % 10], ys[i % 10]
+    ...   value, grad = jax.value_and_grad(loss)(params, x, y)
+    ...   approx = {"x": jnp.roll(xs, -i, 0), "y": jnp.roll(ys, -i, 0)}
+    ...   updates, state = tx.update(grad, state, params, grad=grad,
+    ...                              value_fn=loss, approx_batch=approx)
+    ...   return optax.apply_updates(params, updates), state
+    >>> for i in range(40):
+    ...   params, state = step(params, state, i)
+    >>> print(bool(loss(params, xs[0], ys[0]) < 1e-2))
+    True
+
+  References:
+    Mutschler, Laube & Zell, `Using a one dimensional parabolic model of the
+    full-batch loss to estimate learning rates during training
+    <https://arxiv.org/abs/2108.13880>`_, 2021.
+
+    Mutschler & Zell, `Parabolic Approximation Line Search for DNNs
+    <https://arxiv.org/abs/1903.11991>`_, NeurIPS 2020.
+
+  .. warning::
+    Under :func:`jax.vmap`, :func:`jax.lax.cond` becomes a select and every
+    step pays for a measurement. Loop or ``pmap``/``shard_map`` over seeds.
+  """
+  return scale_by_labpal(
+      mode=mode,
+      reuse_steps=reuse_steps,
+      approx_batches=approx_batches,
+      measure_step=measure_step,
+      fd_step=fd_step,
+      update_step_adaptation=update_step_adaptation,
+      max_step=max_step,
+      untrusted_updates=untrusted_updates,
+      avg_window=avg_window,
+      eps=eps,
+      norm_bounds=norm_bounds,
+      momentum=momentum,
+      fit=fit,
+      axis_name=axis_name,
+  )
