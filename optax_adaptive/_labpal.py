@@ -359,15 +359,19 @@ def pal(
     >>> x = jnp.array([[1.0, 0.0], [0.0, 2.0]])
     >>> y = jnp.array([1.0, -1.0])
     >>> params = jnp.zeros(2)
-    >>> tx = pal(momentum=0.0)
+    >>> tx = pal()
     >>> state = tx.init(params)
-    >>> for _ in range(3):
+    >>> for _ in range(5):
     ...   value, grad = jax.value_and_grad(loss)(params, x, y)
     ...   updates, state = tx.update(grad, state, params, value=value,
     ...                              grad=grad, value_fn=loss, x=x, y=y)
     ...   params = optax.apply_updates(params, updates)
-    >>> print(f"{loss(params, x, y):.4f}")
-    0.0000
+    ...   print(f"{loss(params, x, y):.4f}")
+    0.5915
+    0.2663
+    0.1342
+    0.0693
+    0.0314
 
   References:
     Mutschler & Zell, `Parabolic Approximation Line Search for DNNs
@@ -946,7 +950,8 @@ def labpal(
     >>> xs = jax.random.normal(keys[0], (10, 16, 3))  # M = 10 mini-batches
     >>> w_true = jnp.array([1.0, -2.0, 0.5])
     >>> ys = xs @ w_true
-    >>> tx = labpal(reuse_steps=5, untrusted_updates=0)
+    >>> tx = labpal(mode="sgd", reuse_steps=5, untrusted_updates=0,
+    ...             fit="exact", update_step_adaptation=1.0)
     >>> params = jnp.zeros(3)
     >>> state = tx.init(params)
     >>> @jax.jit
@@ -954,13 +959,15 @@ def labpal(
     ...   x, y = xs[i % 10], ys[i % 10]
     ...   value, grad = jax.value_and_grad(loss)(params, x, y)
     ...   approx = {"x": jnp.roll(xs, -i, 0), "y": jnp.roll(ys, -i, 0)}
-    ...   updates, state = tx.update(grad, state, params, grad=grad,
-    ...                              value_fn=loss, approx_batch=approx)
+    ...   updates, state = tx.update(grad, state, params, value=value,
+    ...                              grad=grad, value_fn=loss,
+    ...                              approx_batch=approx)
     ...   return optax.apply_updates(params, updates), state
-    >>> for i in range(40):
+    >>> for i in range(20):
     ...   params, state = step(params, state, i)
-    >>> print(bool(loss(params, xs[0], ys[0]) < 1e-2))
-    True
+    >>> full_loss = jnp.mean(jax.vmap(loss, (None, 0, 0))(params, xs, ys))
+    >>> print(bool(full_loss < 1e-4), bool(state.labpal_learning_rate > 0))
+    True True
 
   References:
     Mutschler, Laube & Zell, `Using a one dimensional parabolic model of the
