@@ -32,7 +32,7 @@ class Dataset:
 
 def _split_validation(x, y, val_fraction: float, seed: int):
   order = np.random.default_rng(seed).permutation(len(y))
-  n_val = int(round(len(y) * val_fraction))
+  n_val = round(len(y) * val_fraction)
   val, train = order[:n_val], order[n_val:]
   return x[train], y[train], x[val], y[val]
 
@@ -51,11 +51,12 @@ def mnist1d(num_samples: int = 5000, seed: int = 42,
   args = get_dataset_args()
   args.num_samples = num_samples
   args.seed = seed
-  state = np.random.get_state()  # make_dataset reseeds the global generator
+  # make_dataset reseeds NumPy's global generator; restore it afterwards.
+  state = np.random.get_state()  # noqa: NPY002
   try:
     raw = make_dataset(args)
   finally:
-    np.random.set_state(state)
+    np.random.set_state(state)  # noqa: NPY002
   x = raw["x"].astype(np.float32)[..., None]
   y = raw["y"].astype(np.int32)
   x_tr, y_tr, x_val, y_val = _split_validation(x, y, val_fraction, seed)
@@ -78,7 +79,7 @@ def digits(seed: int = 0, test_fraction: float = 0.2,
   x = (raw.images.astype(np.float32) / 16.0)[..., None]
   y = raw.target.astype(np.int32)
   order = np.random.default_rng(seed).permutation(len(y))
-  n_test = int(round(len(y) * test_fraction))
+  n_test = round(len(y) * test_fraction)
   test, rest = order[:n_test], order[n_test:]
   x_tr, y_tr, x_val, y_val = _split_validation(
       x[rest], y[rest], val_fraction, seed + 1)

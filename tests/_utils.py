@@ -34,7 +34,9 @@ def assert_trees_all_equal(actual, desired, err_msg=""):
 
 def assert_tree_all_finite(tree, err_msg=""):
   for i, leaf in enumerate(jax.tree.leaves(tree)):
-    leaf = np.asarray(leaf, np.float64) if np.asarray(leaf).dtype.kind in "fc" else np.asarray(leaf)
+    leaf = np.asarray(leaf)
+    if leaf.dtype.kind == "f" or leaf.dtype.name == "bfloat16":
+      leaf = leaf.astype(np.float64)
     assert np.all(np.isfinite(leaf)), f"leaf {i} not finite: {err_msg}"
 
 

@@ -4,7 +4,7 @@ import os
 
 _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
@@ -24,4 +24,5 @@ def x64():
 
 def pytest_report_header(config):
   del config
-  return f"jax {jax.__version__}, devices: {jax.device_count()} x {jax.devices()[0].platform}"
+  platform = jax.devices()[0].platform
+  return f"jax {jax.__version__}, devices: {jax.device_count()} x {platform}"

@@ -1,0 +1,581 @@
+"""One conformance battery for every public transformation of optax_adaptive.
+
+Modelled on the checks optax applies to its contributed optimizers
+(``optax/contrib/_common_test.py``) and on its sharding tests. Every public
+factory is registered in ``CASES`` below with the extra arguments its
+``update`` needs; ``test_every_public_transformation_is_registered`` fails when
+a new public factory is not. A case that cannot meet a check lists the check
+in ``skips`` with the reason, which pytest reports as the skip message.
+
+Checks (the letters follow issue 2):
+  a. unknown extra keyword arguments are accepted and ignored;
+  b. a jitted update does not recompile on its second call;
+  c. ``optax.tree.map_params`` works on the state;
+  d. minimises a parabola, Rosenbrock, a matrix parabola and a mixed target;
+  e. ``optax.inject_hyperparams`` gives the same updates and state;
+  f. updates keep the params' dtype (bfloat16, float32);
+  g. works inside ``optax.MultiSteps``;
+  h. state shapes/dtypes/shardings stable under ``lax.cond`` (f16..f64);
+  i. a schedule is accepted wherever ``learning_rate`` is ScalarOrSchedule;
+  j. ``init`` works on abstract params (``eval_shape``, ShapeDtypeStruct);
+  k. jit and non-jit give the same results;
+  l. ``pmap`` over 8 devices with pmean-ed gradients equals one device;
+  m. jit over an 8-device mesh gives the same result and keeps shardings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import optax_adaptive as oa
+from tests import _utils
+
+# ----------------------------------------------------------------- registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One public transformation under test.
+
+  Attributes:
+    name: test id.
+    factory: the public factory of optax_adaptive.
+    kwargs: hyperparameters passed to ``factory``.
+    compose: places the library transformation in context (e.g. after a
+      base optimizer); identity by default.
+    needs: extra ``update`` arguments to supply: any of ``"value"``,
+      ``"grad"``, ``"value_fn"``.
+    multi_device_kwargs: hyperparameters added under pmap (e.g. axis_name).
+    static_args: names passed to ``inject_hyperparams`` as static.
+    converge_kwargs: hyperparameters used instead of ``kwargs`` for (d).
+    converge_steps: scan length for (d).
+    skips: check letter -> reason the case cannot meet it.
+  """
+
+  name: str
+  factory: Callable[..., optax.GradientTransformationExtraArgs]
+  kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+  compose: Callable[[Any], Any] = lambda tx: tx
+  needs: frozenset[str] = frozenset()
+  multi_device_kwargs: dict[str, Any] = dataclasses.field(
+      default_factory=dict)
+  static_args: tuple[str, ...] = ()
+  converge_kwargs: dict[str, Any] | None = None
+  converge_steps: int = 10_000
+  skips: dict[str, str] = dataclasses.field(default_factory=dict)
+
+  def build(self, **overrides):
+    return self.compose(self.factory(**{**self.kwargs, **overrides}))
+
+  def __repr__(self):
+    return self.name
+
+
+def _bind_inner(factory, inner):
+  """``factory`` with ``inner`` bound, keeping a signature inject can read."""
+  bound = functools.partial(factory, inner)
+  bound.__signature__ = inspect.signature(bound)
+  return bound
+
+
+CASES = [
+    Case(
+        "cprop_sgd_wrapper",
+        _bind_inner(oa.cprop, optax.sgd(3e-3, momentum=0.9)),
+        dict(beta=0.999, c=1.0),
+    ),
+    Case(
+        "cprop_adam_wrapper",
+        _bind_inner(oa.cprop, optax.adam(0.01)),
+        dict(beta=0.99, cdf="normal"),
+    ),
+    Case(
+        "cprop_sgd",
+        oa.cprop_sgd,
+        dict(learning_rate=2e-3, momentum=0.9, c=3.0),
+    ),
+    Case(
+        "cprop_adam_shared",
+        oa.cprop_adam,
+        dict(learning_rate=0.01),
+        static_args=("b2", "beta"),
+    ),
+    Case(
+        "cprop_adam_separate",
+        oa.cprop_adam,
+        dict(learning_rate=0.01, b2=0.99, beta=0.999, weight_decay=1e-4),
+        static_args=("b2", "beta"),
+    ),
+]
+
+# Public names that are not transformations (states, pure functions, helpers).
+NOT_TRANSFORMATIONS = frozenset({"__version__"})
+
+# --------------------------------------------------------------- fixtures
+
+
+def _parabola(dtype):
+  init = jnp.array([-1.0, 10.0, 1.0], dtype)
+  final = jnp.array([1.0, -1.0, 1.0], dtype)
+  return init, final, lambda p: jnp.sum(jnp.square(p - final))
+
+
+def _rosenbrock(dtype):
+  init = jnp.array([0.0, 0.0], dtype)
+  final = jnp.array([1.0, 1.0], dtype)
+
+  def objective(p):
+    return jnp.square(1.0 - p[0]) + 100.0 * jnp.square(p[1] - p[0] ** 2)
+
+  return init, final, objective
+
+
+def _matrix_parabola(dtype):
+  init = jnp.zeros((2, 2), dtype)
+  final = jnp.array([[3.0, -2.0], [1.0, 4.0]], dtype)
+  return init, final, lambda p: jnp.sum(jnp.square(p - final))
+
+
+def _mixed_target(dtype):
+  final_1d = jnp.array([1.0, -1.0, 2.0], dtype)
+  final_2d = jnp.array([[1.0, 0.0], [-1.0, 1.0]], dtype)
+
+  def objective(params):
+    p1, p2 = params
+    return jnp.sum(jnp.square(p1 - final_1d)) + jnp.sum(
+        jnp.square(p2 - final_2d))
+
+  init = (jnp.zeros((3,), dtype), jnp.zeros((2, 2), dtype))
+  return init, (final_1d, final_2d), objective
+
+
+TARGETS = {
+    "parabola": _parabola,
+    "rosenbrock": _rosenbrock,
+    "matrix_parabola": _matrix_parabola,
+    "mixed": _mixed_target,
+}
+
+
+def _extra_kwargs(case, objective, params, value, grad, **batch):
+  """The extra ``update`` arguments a case needs, for ``objective``."""
+  kwargs = {}
+  if "value" in case.needs:
+    kwargs["value"] = value
+  if "grad" in case.needs:
+    kwargs["grad"] = grad
+  if "value_fn" in case.needs:
+    kwargs["value_fn"] = objective
+    kwargs.update(batch)
+  del params
+  return kwargs
+
+
+def _make_step(case, tx, objective, extra=None):
+  """A train step ``(params, state) -> (params, state, updates)``."""
+
+  def step(params, state):
+    value, grad = jax.value_and_grad(objective)(params)
+    kwargs = _extra_kwargs(case, objective, params, value, grad)
+    kwargs.update(extra or {})
+    updates, state = tx.update(grad, state, params, **kwargs)
+    return optax.apply_updates(params, updates), state, updates
+
+  return step
+
+
+def _skip_if(case, check):
+  if check in case.skips:
+    pytest.skip(f"{case.name} cannot meet check ({check}): "
+                f"{case.skips[check]}")
+
+
+def _strip_inject(tree):
+  """Replaces every inject_hyperparams state by its inner state."""
+  is_inject = lambda x: isinstance(x, optax.InjectStatefulHyperparamsState)
+  return jax.tree.map(
+      lambda x: _strip_inject(x.inner_state) if is_inject(x) else x,
+      tree, is_leaf=is_inject)
+
+
+def _library_states(tree):
+  """The NamedTuple states defined by optax_adaptive inside ``tree``."""
+  found = []
+
+  def visit(node):
+    if type(node).__module__.startswith("optax_adaptive"):
+      found.append(node)
+    if isinstance(node, tuple | list):
+      for child in node:
+        visit(child)
+    elif isinstance(node, dict):
+      for child in node.values():
+        visit(child)
+
+  visit(tree)
+  return found
+
+
+ids = [c.name for c in CASES]
+parametrize_cases = pytest.mark.parametrize("case", CASES, ids=ids)
+
+# ------------------------------------------------------------------ checks
+
+
+def test_every_public_transformation_is_registered():
+  registered = {
+      getattr(c.factory, "func", c.factory).__name__ for c in CASES}
+  public = {
+      name for name in oa.__all__
+      if name not in NOT_TRANSFORMATIONS and not name[0].isupper()}
+  assert public <= registered, f"unregistered: {sorted(public - registered)}"
+
+
+@parametrize_cases
+def test_a_b_extra_args_ignored_and_no_recompile(case):
+  _skip_if(case, "a")
+  tx = case.build()
+  params, _, objective = _rosenbrock(jnp.float32)
+  step = jax.jit(_make_step(
+      case, tx, objective,
+      extra={"unexpected_extra_args_your_optimizer_doesnt_expect": 1}))
+  state = tx.init(params)
+  for _ in range(2):
+    params, state, _ = step(params, state)
+  _utils.assert_tree_all_finite((params, state))
+
+  _skip_if(case, "b")
+  params = _rosenbrock(jnp.float32)[0]
+  state = tx.init(params)
+  params, state, _ = step(params, state)
+  with _utils.log_compilations() as compilations:
+    step(params, state)
+  assert not compilations, "update recompiles on its second call"
+
+
+@parametrize_cases
+def test_c_map_params(case):
+  _skip_if(case, "c")
+  tx = case.build()
+  params = (jnp.ones((3,)), jnp.ones((2, 2)))
+  state = tx.init(params)
+  mapped = optax.tree.map_params(tx, lambda v: v + 1, state)
+  assert jax.tree.structure(mapped) == jax.tree.structure(state)
+  # Param-shaped leaves are mapped, scalars are not.
+  before = jax.tree.leaves(state)
+  after = jax.tree.leaves(mapped)
+  changed = [b.shape for b, a in zip(before, after)
+             if not np.array_equal(np.asarray(a), np.asarray(b))]
+  assert changed, "no param-shaped leaf in the state was mapped"
+
+
+@parametrize_cases
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_d_minimises(case, target):
+  _skip_if(case, "d")
+  tx = case.build(**(case.converge_kwargs or {}))
+  params, final, objective = TARGETS[target](jnp.float32)
+  step = _make_step(case, tx, objective)
+
+  def body(carry, _):
+    params, state = carry
+    params, state, _ = step(params, state)
+    return (params, state), None
+
+  (params, _), _ = jax.jit(
+      lambda c: jax.lax.scan(body, c, length=case.converge_steps))(
+          (params, tx.init(params)))
+  _utils.assert_trees_all_close(params, final, rtol=3e-2, atol=3e-2)
+
+
+@parametrize_cases
+def test_e_inject_hyperparams(case):
+  _skip_if(case, "e")
+  injectable = optax.inject_hyperparams(
+      case.factory, static_args=case.static_args)
+  tx = case.build()
+  tx_inject = case.compose(injectable(**case.kwargs))
+  params = [-jnp.ones((2, 3)), jnp.ones((2, 5, 2))]
+  objective = lambda p: sum(jnp.sum(jnp.sin(x) * x) for x in p)
+  step = jax.jit(_make_step(case, tx, objective))
+  step_inject = jax.jit(_make_step(case, tx_inject, objective))
+  state, state_inject = tx.init(params), tx_inject.init(params)
+  p, p_inject = params, params
+  for _ in range(3):
+    p, state, updates = step(p, state)
+    p_inject, state_inject, updates_inject = step_inject(
+        p_inject, state_inject)
+    _utils.assert_trees_all_close(updates_inject, updates, rtol=1e-5,
+                                  atol=1e-7)
+  _utils.assert_trees_all_close(
+      _strip_inject(state_inject), state, rtol=1e-5, atol=1e-6)
+
+
+@parametrize_cases
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_f_preserves_dtype(case, dtype):
+  _skip_if(case, "f")
+  tx = case.build()
+  params = jnp.array([1.0, 2.0], dtype)
+  objective = lambda x: jnp.sum(x ** 2)
+  step = jax.jit(_make_step(case, tx, objective))
+  state = jax.jit(tx.init)(params)
+  for _ in range(2):
+    params, state, updates = step(params, state)
+    assert updates.dtype == jnp.dtype(dtype)
+    assert params.dtype == jnp.dtype(dtype)
+  _utils.assert_tree_all_finite(updates)
+
+
+@parametrize_cases
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_g_multisteps(case, dtype):
+  _skip_if(case, "g")
+  tx = case.build()
+  accumulated = optax.MultiSteps(tx, every_k_schedule=4)
+  params = jnp.array([1.0, 2.0], dtype)
+  objective = lambda x: jnp.sum(x ** 2)
+  step = jax.jit(_make_step(case, accumulated, objective))
+  state = jax.jit(accumulated.init)(params)
+  params1, state, updates = step(params, state)
+  _utils.assert_trees_all_equal(updates, jnp.zeros_like(params))
+  for _ in range(3):
+    params1, state, updates = step(params1, state)
+  assert updates.dtype == jnp.dtype(dtype)
+  assert not np.array_equal(np.asarray(params1), np.asarray(params))
+  _utils.assert_tree_all_finite(params1)
+
+
+@parametrize_cases
+@pytest.mark.parametrize(
+    "dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_h_state_stable_under_cond(case, dtype):
+  _skip_if(case, "h")
+  with jax.enable_x64(dtype == "float64"):
+    dtype = jnp.dtype(dtype)
+    tx = case.build()
+    params, _, objective = _parabola(dtype)
+
+    @jax.jit
+    def step(params, state):
+      value, grad = jax.value_and_grad(objective)(params)
+      # A value of a deliberately different dtype, as optax's test does.
+      value = value.astype(
+          jnp.float16 if dtype != jnp.float16 else jnp.bfloat16)
+      kwargs = _extra_kwargs(case, objective, params, value, grad)
+      cond = jax.random.randint(jax.random.key(0), (), 0, 2) == 0
+      updates, state = jax.lax.cond(
+          cond, lambda: tx.update(grad, state, params, **kwargs),
+          lambda: (jax.tree.map(jnp.zeros_like, params), state))
+      return optax.apply_updates(params, updates), state
+
+    state = tx.init(params)
+    types0 = jax.tree.map(jax.typeof, state)
+    for _ in range(2):
+      params, state = step(params, state)
+      assert jax.tree.leaves(params)[0].dtype == dtype
+      assert jax.tree.map(jax.typeof, state) == types0
+
+
+@parametrize_cases
+def test_i_accepts_learning_rate_schedule(case):
+  _skip_if(case, "i")
+  parameter = inspect.signature(case.factory).parameters.get("learning_rate")
+  if parameter is None or parameter.annotation not in (
+      optax.ScalarOrSchedule, "optax.ScalarOrSchedule",
+      "base.ScalarOrSchedule"):
+    pytest.skip(f"{case.name} has no learning_rate typed ScalarOrSchedule")
+  tx_schedule = case.build(learning_rate=optax.constant_schedule(1e-3))
+  tx_constant = case.build(learning_rate=1e-3)
+  params, _, objective = _parabola(jnp.float32)
+  results = []
+  for tx in (tx_schedule, tx_constant):
+    step = jax.jit(_make_step(case, tx, objective))
+    p, state = params, tx.init(params)
+    for _ in range(10):
+      p, state, _ = step(p, state)
+    results.append(p)
+  _utils.assert_trees_all_close(results[0], results[1])
+  assert not np.allclose(np.asarray(results[1]), np.asarray(params))
+
+
+@parametrize_cases
+def test_j_init_on_abstract_params(case):
+  _skip_if(case, "j")
+  tx = case.build()
+  params = {"w": jax.ShapeDtypeStruct((2, 4, 8), jnp.float32),
+            "b": jax.ShapeDtypeStruct((8,), jnp.bfloat16)}
+  concrete = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
+  abstract_state = jax.eval_shape(tx.init, params)
+  concrete_state = tx.init(concrete)
+  assert jax.tree.structure(abstract_state) == jax.tree.structure(
+      concrete_state)
+  for a, c in zip(jax.tree.leaves(abstract_state),
+                  jax.tree.leaves(concrete_state)):
+    assert (a.shape, a.dtype) == (c.shape, c.dtype)
+  direct = tx.init(params)  # ShapeDtypeStruct directly, as optax tests do
+  assert jax.tree.structure(direct) == jax.tree.structure(concrete_state)
+
+
+@parametrize_cases
+def test_k_jit_matches_eager(case):
+  _skip_if(case, "k")
+  tx = case.build()
+  params = {"a": jnp.array([0.5, -1.5, 2.0]),
+            "b": jnp.array([[1.0, -2.0], [0.3, 0.7]])}
+  objective = lambda p: jnp.sum(jnp.cos(p["a"]) * p["a"] ** 2) + jnp.sum(
+      p["b"] ** 4)
+  step = _make_step(case, tx, objective)
+  jitted = jax.jit(step)
+  p_eager, s_eager = params, tx.init(params)
+  p_jit, s_jit = params, jax.jit(tx.init)(params)
+  for _ in range(4):
+    p_eager, s_eager, _ = step(p_eager, s_eager)
+    p_jit, s_jit, _ = jitted(p_jit, s_jit)
+  _utils.assert_trees_all_close(p_jit, p_eager, rtol=1e-5, atol=1e-6)
+  _utils.assert_trees_all_close(s_jit, s_eager, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------- multi-device checks
+
+_N_DEVICES = 8
+
+
+def _regression_problem(seed=0):
+  """Linear regression with 32 examples, shardable over 8 devices."""
+  rng = np.random.default_rng(seed)
+  params = {"w": jnp.asarray(rng.normal(size=(4, 16)), jnp.float32),
+            "b": jnp.zeros((16,), jnp.float32)}
+  x = jnp.asarray(rng.normal(size=(32, 4)), jnp.float32)
+  y = jnp.asarray(rng.normal(size=(32, 16)), jnp.float32)
+
+  def loss(params, x, y):
+    return jnp.mean(jnp.square(x @ params["w"] + params["b"] - y))
+
+  return params, x, y, loss
+
+
+def _needs_devices():
+  if jax.device_count() < _N_DEVICES:
+    pytest.skip(f"needs {_N_DEVICES} devices, found {jax.device_count()}")
+
+
+def _single_device_run(case, tx, params, x, y, loss, steps):
+  @jax.jit
+  def step(params, state):
+    value, grad = jax.value_and_grad(loss)(params, x, y)
+    kwargs = _extra_kwargs(case, lambda p, x, y: loss(p, x, y), params,
+                           value, grad, x=x, y=y)
+    updates, state = tx.update(grad, state, params, **kwargs)
+    return optax.apply_updates(params, updates), state
+
+  state = tx.init(params)
+  for _ in range(steps):
+    params, state = step(params, state)
+  return params, state
+
+
+@parametrize_cases
+def test_l_pmap_matches_single_device(case):
+  _skip_if(case, "l")
+  _needs_devices()
+  params, x, y, loss = _regression_problem()
+  steps = 5
+  expected, _ = _single_device_run(case, case.build(), params, x, y, loss,
+                                   steps)
+
+  tx = case.build(**case.multi_device_kwargs)
+
+  def step(params, state, x, y):
+    value, grad = jax.value_and_grad(loss)(params, x, y)
+    grad = jax.lax.pmean(grad, "batch")
+    value = jax.lax.pmean(value, "batch")
+    kwargs = _extra_kwargs(case, lambda p, x, y: loss(p, x, y), params,
+                           value, grad, x=x, y=y)
+    updates, state = tx.update(grad, state, params, **kwargs)
+    return optax.apply_updates(params, updates), state
+
+  replicate = lambda tree: jax.tree.map(
+      lambda a: jnp.stack([a] * _N_DEVICES), tree)
+  p_step = jax.pmap(step, axis_name="batch")
+  rep_params = replicate(params)
+  rep_state = replicate(tx.init(params))
+  xs = x.reshape(_N_DEVICES, -1, *x.shape[1:])
+  ys = y.reshape(_N_DEVICES, -1, *y.shape[1:])
+  for _ in range(steps):
+    rep_params, rep_state = p_step(rep_params, rep_state, xs, ys)
+  for device in range(_N_DEVICES):
+    _utils.assert_trees_all_close(
+        jax.tree.map(lambda a: a[device], rep_params), expected,
+        rtol=2e-5, atol=2e-6)
+
+
+def _param_shardings(mesh):
+  return {"w": NamedSharding(mesh, P(None, "x")),
+          "b": NamedSharding(mesh, P("x"))}
+
+
+@parametrize_cases
+@pytest.mark.parametrize("axis_type", ["explicit", "auto"])
+def test_m_sharded_jit_matches_and_keeps_sharding(case, axis_type):
+  _skip_if(case, "m")
+  _needs_devices()
+  params, x, y, loss = _regression_problem()
+  steps = 5
+  tx = case.build()
+  expected, expected_state = _single_device_run(case, tx, params, x, y,
+                                                loss, steps)
+
+  kind = {"explicit": jax.sharding.AxisType.Explicit,
+          "auto": jax.sharding.AxisType.Auto}[axis_type]
+  mesh = jax.make_mesh((_N_DEVICES,), ("x",), axis_types=(kind,))
+  with jax.set_mesh(mesh):
+    shardings = _param_shardings(mesh)
+    sharded = jax.tree.map(jax.device_put, params, shardings)
+    state = tx.init(sharded)
+    types0 = jax.tree.map(jax.typeof, state)
+
+    @jax.jit
+    def step(params, state):
+      value, grad = jax.value_and_grad(loss)(params, x, y)
+      kwargs = _extra_kwargs(case, lambda p, x, y: loss(p, x, y), params,
+                             value, grad, x=x, y=y)
+      updates, state = tx.update(grad, state, params, **kwargs)
+      return optax.apply_updates(params, updates), state
+
+    for _ in range(steps):
+      sharded, state = step(sharded, state)
+    assert jax.tree.map(jax.typeof, state) == types0
+    for name, sharding in shardings.items():
+      assert sharded[name].sharding.is_equivalent_to(sharding, 2)
+    # Param-shaped state keeps the params' sharding.
+    for leaf in jax.tree.leaves(state):
+      for name, sharding in shardings.items():
+        if leaf.shape == params[name].shape and leaf.ndim:
+          assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim), (
+              f"state leaf {leaf.shape} lost the sharding of {name}")
+  _utils.assert_trees_all_close(sharded, expected, rtol=2e-5, atol=2e-6)
+  _utils.assert_trees_all_close(state, expected_state, rtol=2e-5, atol=2e-6)
+
+
+@parametrize_cases
+def test_library_state_is_named(case):
+  """The library's own state is a NamedTuple ending in ``State``."""
+  tx = case.build()
+  states = _library_states(tx.init(jnp.zeros((3,))))
+  assert states, "no optax_adaptive state found in the transformation state"
+  for state in states:
+    assert type(state).__name__.endswith("State")
+    assert hasattr(state, "_fields")
