@@ -1,0 +1,355 @@
+# Copyright 2026 The optax_adaptive Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+# ==============================================================================
+"""Tests of the documentation in ``docs/`` and ``README.md``.
+
+(a) Every fenced ``python`` block of every markdown page runs: a page's
+    blocks in order, in one namespace, in a fresh temporary working
+    directory. A block opts out only with a marker on the line just above
+    its fence, ``<!-- skip-test: <reason> -->``; the reason is reported as a
+    pytest skip (``pytest -rs`` prints it) and an empty reason fails.
+    A block whose first line starts with ``>>>`` runs as a doctest.
+(b) Every public name of ``optax_adaptive.__all__`` has an API entry in
+    ``docs/api/*.rst``, and every entry there is public.
+(c) The Sphinx build with warnings as errors succeeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import doctest
+import importlib.util
+import os
+import pathlib
+import re
+import runpy
+import subprocess
+import sys
+import time
+
+import jax
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+sys.path.insert(0, str(DOCS / "_ext"))
+
+import coverage_check  # noqa: E402  (docs/_ext, put on the path above)
+
+PYTHON_LANGS = frozenset({"python", "py", "python3"})
+SKIP_MARKER = re.compile(r"^\s*<!--\s*skip-test:(.*?)-->\s*$")
+FENCE_OPEN = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})\s*"
+                        r"(?P<info>.*)$")
+# Directories under docs/ whose markdown is not a docs page.
+EXCLUDED_DIRS = frozenset({"_build", "generated", ".pytest_cache"})
+
+
+# ------------------------------------------------------------------ parsing
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeBlock:
+  path: pathlib.Path
+  line: int  # 1-based line of the first code line in the markdown file
+  code: str
+  skip_reason: str | None  # None: run it; a string: the marker's reason
+
+  @property
+  def where(self) -> str:
+    return f"{_rel(self.path)}:{self.line}"
+
+
+def _rel(path: pathlib.Path) -> str:
+  try:
+    return str(path.relative_to(ROOT))
+  except ValueError:
+    return str(path)
+
+
+def _language(info: str) -> str:
+  """``python`` for the info strings ``python``, ``{code-block} python`` ..."""
+  words = info.strip().split()
+  if not words:
+    return ""
+  if words[0] in ("{code-block}", "{code}", "{sourcecode}"):
+    return words[1].lower() if len(words) > 1 else ""
+  return words[0].lower()
+
+
+def _strip_directive_options(lines: list[str]) -> tuple[list[str], int]:
+  """Drops MyST ``:option: value`` lines that open a directive body."""
+  dropped = 0
+  while dropped < len(lines) and re.match(r"^\s*:[\w-]+:", lines[dropped]):
+    dropped += 1
+  if dropped and dropped < len(lines) and not lines[dropped].strip():
+    dropped += 1
+  return lines[dropped:], dropped
+
+
+def parse_blocks(text: str, path: pathlib.Path) -> list[CodeBlock]:
+  """The python blocks of a markdown text, in order.
+
+  Fences follow CommonMark: a block closes at a fence of the same character
+  at least as long as the opening one, so ``python`` fences shown inside a
+  longer (e.g. ````markdown) fence are not code of the page.
+  """
+  lines = text.splitlines()
+  blocks = []
+  i = 0
+  while i < len(lines):
+    match = FENCE_OPEN.match(lines[i])
+    if not match:
+      i += 1
+      continue
+    fence, indent = match.group("fence"), len(match.group("indent"))
+    info = match.group("info")
+    if fence[0] == "`" and "`" in info:
+      i += 1  # not a fence: inline code with backticks
+      continue
+    start = i + 1
+    end = start
+    close = re.compile(rf"^ {{0,3}}{re.escape(fence[0])}{{{len(fence)},}}\s*$")
+    while end < len(lines) and not close.match(lines[end]):
+      end += 1
+    if _language(info) in PYTHON_LANGS:
+      body = [_dedent_line(line, indent) for line in lines[start:end]]
+      dropped = 0
+      if info.strip().startswith("{"):
+        body, dropped = _strip_directive_options(body)
+      blocks.append(CodeBlock(path=path, line=start + 1 + dropped,
+                              code="\n".join(body) + "\n",
+                              skip_reason=_skip_reason(lines, i)))
+    i = end + 1
+  return blocks
+
+
+def _dedent_line(line: str, indent: int) -> str:
+  spaces = len(line) - len(line.lstrip(" "))
+  return line[min(indent, spaces):]
+
+
+def _skip_reason(lines: list[str], fence_index: int) -> str | None:
+  j = fence_index - 1
+  while j >= 0 and not lines[j].strip():
+    j -= 1
+  if j >= 0 and (match := SKIP_MARKER.match(lines[j])):
+    return match.group(1).strip()
+  return None
+
+
+def markdown_pages() -> list[pathlib.Path]:
+  pages = [path for path in sorted(DOCS.rglob("*.md"))
+           if not EXCLUDED_DIRS.intersection(path.relative_to(DOCS).parts)]
+  readme = ROOT / "README.md"
+  if readme.exists():
+    pages.insert(0, readme)
+  return pages
+
+
+def _blocks_of(path: pathlib.Path) -> list[CodeBlock]:
+  return parse_blocks(path.read_text(encoding="utf-8"), path)
+
+
+PAGES = [page for page in markdown_pages() if _blocks_of(page)]
+SKIPPED = [block for page in PAGES for block in _blocks_of(page)
+           if block.skip_reason is not None]
+
+
+# ---------------------------------------------------------------- running
+
+
+def run_block(block: CodeBlock, namespace: dict) -> None:
+  """Runs one block in ``namespace``; errors point at the markdown line."""
+  if block.code.lstrip().startswith(">>>"):
+    test = doctest.DocTestParser().get_doctest(
+        block.code, namespace, block.where, str(block.path), block.line - 1)
+    runner = doctest.DocTestRunner(
+        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    runner.run(test, clear_globs=False)
+    if runner.failures:
+      raise AssertionError(f"{runner.failures} doctest example(s) failed in "
+                           f"{block.where} (output above)")
+    return
+  # Leading newlines make tracebacks report the line of the markdown file.
+  source = "\n" * (block.line - 1) + block.code
+  exec(compile(source, str(block.path), "exec"), namespace)
+
+
+@pytest.fixture
+def page_sandbox(tmp_path, monkeypatch):
+  """A temporary cwd and non-interactive plots; restores jax's x64 flag."""
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("MPLBACKEND", "Agg")
+  x64 = jax.config.jax_enable_x64
+  yield tmp_path
+  jax.config.update("jax_enable_x64", x64)
+  if "matplotlib.pyplot" in sys.modules:
+    sys.modules["matplotlib.pyplot"].close("all")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[_rel(p) for p in PAGES])
+def test_page_code_blocks_run(page, page_sandbox):
+  del page_sandbox
+  namespace = {"__name__": "__main__", "__file__": str(page)}
+  ran = 0
+  for block in _blocks_of(page):
+    if block.skip_reason is not None:
+      continue  # reported by test_skipped_block_has_reason
+    start = time.perf_counter()
+    try:
+      run_block(block, namespace)
+    except Exception as e:
+      raise AssertionError(
+          f"python block at {block.where} failed: {type(e).__name__}: {e}"
+      ) from e
+    ran += 1
+    print(f"{block.where}: ran in {time.perf_counter() - start:.1f} s")
+  if not ran:
+    pytest.skip(f"every python block of {_rel(page)} has a skip-test marker")
+
+
+@pytest.mark.parametrize("block", SKIPPED, ids=[b.where for b in SKIPPED])
+def test_skipped_block_has_reason(block):
+  assert block.skip_reason, (
+      f"{block.where}: a skip-test marker needs a reason: "
+      "<!-- skip-test: why this block cannot run in the tests -->")
+  pytest.skip(f"{block.where} not executed: {block.skip_reason}")
+
+
+# ------------------------------------------------------- parser self-tests
+
+
+def test_parse_blocks_order_lines_markers_and_nesting():
+  text = "\n".join([
+      "# Title",                       # 1
+      "```python",                     # 2
+      "a = 1",                         # 3
+      "```",                           # 4
+      "<!-- skip-test: needs a TPU -->",  # 5
+      "",                              # 6
+      "```py",                         # 7
+      "b = 2",                         # 8
+      "```",                           # 9
+      "````markdown",                  # 10
+      "```python",                     # 11
+      "not_code = 1",                  # 12
+      "```",                           # 13
+      "````",                          # 14
+      "```bash",                       # 15
+      "ls",                            # 16
+      "```",                           # 17
+      "- item",                        # 18
+      "  ```python",                   # 19
+      "  c = a + 1",                   # 20
+      "    d = 0",                     # 21
+      "  ```",                         # 22
+      "```{code-block} python",        # 23
+      ":caption: x",                   # 24
+      "",                              # 25
+      "e = 3",                         # 26
+      "```",                           # 27
+  ])
+  blocks = parse_blocks(text, pathlib.Path("page.md"))
+  assert [(b.line, b.code, b.skip_reason) for b in blocks] == [
+      (3, "a = 1\n", None),
+      (8, "b = 2\n", "needs a TPU"),
+      (20, "c = a + 1\n  d = 0\n", None),
+      (26, "e = 3\n", None),
+  ]
+
+
+def test_run_block_shares_namespace_and_reports_markdown_line(tmp_path):
+  page = tmp_path / "page.md"
+  page.write_text("```python\nx = 2\n```\n\n```python\ny = x * 3\n"
+                  "raise ValueError(y)\n```\n")
+  first, second = parse_blocks(page.read_text(), page)
+  namespace = {}
+  run_block(first, namespace)
+  with pytest.raises(ValueError, match="6") as info:
+    run_block(second, namespace)
+  assert info.traceback[-1].lineno + 1 == 7  # 0-based in pytest's traceback
+
+
+def test_doctest_block_failure_is_reported(tmp_path):
+  page = tmp_path / "page.md"
+  page.write_text("```python\n>>> 1 + 1\n3\n```\n")
+  (block,) = parse_blocks(page.read_text(), page)
+  with pytest.raises(AssertionError, match="doctest"):
+    run_block(block, {})
+
+
+# ------------------------------------------------------------ API coverage
+
+
+def _conf_value(name: str):
+  return runpy.run_path(str(DOCS / "conf.py"))[name]
+
+
+def test_every_public_name_has_an_api_entry():
+  public = set(coverage_check.public_names(
+      "optax_adaptive", _conf_value("coverage_check_exempt")))
+  documented = coverage_check.documented_in_sources(DOCS / "api")
+  missing = sorted(public - documented)
+  assert not missing, (
+      f"public names without an API entry: {missing}; add each to an "
+      "'.. autosummary::' block of docs/api/index.rst")
+  stale = sorted(name for name in documented - public
+                 if name.startswith("optax_adaptive."))
+  assert not stale, f"API entries that are not in __all__: {stale}"
+
+
+def test_documented_in_source_reads_autosummary_and_autodoc():
+  text = "\n".join([
+      ".. currentmodule:: pkg",
+      "",
+      ".. autosummary::",
+      "   :toctree: generated/",
+      "   :nosignatures:",
+      "",
+      "   alpha",
+      "   ~pkg.Beta",
+      "",
+      "Text that ends the block: gamma",
+      "",
+      ".. autofunction:: delta",
+      ".. autoclass:: other.Epsilon",
+  ])
+  assert coverage_check.documented_in_source(text) == {
+      "pkg.alpha", "pkg.Beta", "pkg.delta", "pkg.other.Epsilon"}
+
+
+# ------------------------------------------------------------- Sphinx build
+
+_SPHINX_PACKAGES = ("sphinx", "myst_parser", "sphinx_book_theme",
+                    "sphinx_autodoc_typehints")
+
+
+@pytest.mark.slow
+def test_sphinx_build_without_warnings(tmp_path):
+  missing = [name for name in _SPHINX_PACKAGES
+             if importlib.util.find_spec(name) is None]
+  if missing:
+    pytest.skip(f"docs dependencies not installed ({', '.join(missing)}); "
+                "pip install -e '.[docs]'")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", MPLBACKEND="Agg")
+  result = subprocess.run(
+      [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q",
+       "-b", "html", "-d", str(tmp_path / "doctrees"), str(DOCS),
+       str(tmp_path / "html")],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+      check=False)
+  assert result.returncode == 0, (
+      f"sphinx -W failed:\n{result.stderr[-6000:]}\n{result.stdout[-2000:]}")
+  assert (tmp_path / "html" / "index.html").exists()
+  assert (tmp_path / "html" / "api" / "index.html").exists()
