@@ -28,11 +28,49 @@ from optax_adaptive._cprop import cprop
 from optax_adaptive._cprop import cprop_adam
 from optax_adaptive._cprop import cprop_sgd
 
+# AutoDrop (arXiv 2111.15317, UAI 2024).
+from optax_adaptive._autodrop import AutoDropState
+from optax_adaptive._autodrop import AutoDropV1State
+from optax_adaptive._autodrop import autodrop
+from optax_adaptive._autodrop import autodrop_v1
+
+# PAL (arXiv 1903.11991) and LABPAL (arXiv 2108.13880).
+from optax_adaptive._labpal import LabpalInfo
+from optax_adaptive._labpal import PalInfo
+from optax_adaptive._labpal import ScaleByLabpalState
+from optax_adaptive._labpal import ScaleByPalState
+from optax_adaptive._labpal import labpal
+from optax_adaptive._labpal import pal
+from optax_adaptive._labpal import scale_by_labpal
+from optax_adaptive._labpal import scale_by_pal
+
+# Flax integration and diagnostics.
+from optax_adaptive._diagnostics import diagnostics
+from optax_adaptive._flax import TrainState
+from optax_adaptive._flax_utils import linen_value_fn
+from optax_adaptive._flax_utils import nnx_value_fn
+
 __all__ = (
+    "AutoDropState",
+    "AutoDropV1State",
     "CPropAdamState",
     "CPropState",
+    "LabpalInfo",
+    "PalInfo",
+    "ScaleByLabpalState",
+    "ScaleByPalState",
+    "TrainState",
     "__version__",
+    "autodrop",
+    "autodrop_v1",
     "cprop",
     "cprop_adam",
     "cprop_sgd",
+    "diagnostics",
+    "labpal",
+    "linen_value_fn",
+    "nnx_value_fn",
+    "pal",
+    "scale_by_labpal",
+    "scale_by_pal",
 )
