@@ -1,0 +1,287 @@
+"""Training-quality comparison of optax_adaptive against optax baselines.
+
+Usage::
+
+  python -m benchmarks.compare                  # quick table, mnist1d
+  python -m benchmarks.compare --full           # published table: all tasks,
+                                                # 5 seeds, 40 epochs
+  python -m benchmarks.compare --task digits --optimizers sgd-step,adas
+  python -m benchmarks.compare --tune           # grid for the SGD baselines
+  python -m benchmarks.compare --list           # the registry
+
+Writes ``<out>/<task>/<optimizer>_seed<k>.json`` per run,
+``<out>/<task>/table.md`` (mean ± std over seeds), ``summary.json`` and PNG
+plots. Deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from benchmarks import optimizers as opt_registry
+from benchmarks import tasks as task_registry
+from benchmarks import train
+
+DEFAULT_SEEDS = 2
+FULL_SEEDS = 5
+
+
+# ----------------------------------------------------------------- tables
+
+
+def _mean_std(values, fmt="{:.2f}", scale=1.0) -> str:
+  values = [v * scale for v in values if v is not None]
+  if not values:
+    return "–"
+  if len(values) == 1:
+    return fmt.format(values[0])
+  return f"{fmt.format(np.mean(values))} ± {fmt.format(np.std(values))}"
+
+
+def _steps(values) -> str:
+  reached = [v for v in values if v is not None]
+  if not reached:
+    return f"never (0/{len(values)})"
+  text = f"{np.mean(reached):.0f}"
+  if len(reached) < len(values):
+    text += f" ({len(reached)}/{len(values)})"
+  return text
+
+
+def summarize(task: task_registry.Task, records: dict[str, list[dict]],
+              skipped: dict[str, str], epochs: int, seeds: int) -> str:
+  """The markdown table of one task (mean ± std over seeds)."""
+  lines = [
+      f"### {task.name}: {task.description}",
+      "",
+      f"{epochs} epochs, seeds 0..{seeds - 1}; accuracies in %, mean ± std "
+      f"over seeds. Steps to target: first epoch end where the epoch-mean "
+      f"training loss ≤ {task.target_loss} / test accuracy ≥ "
+      f"{task.target_acc:.0%} (mean over the seeds that reach it).",
+      "",
+      "| optimizer | family | final test acc | best test acc | final train "
+      "loss | steps to loss | steps to acc | s / run | compile s |",
+      "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for name, runs in records.items():
+    spec = opt_registry.get(name)
+    diverged = sum(r["diverged"] for r in runs)
+    note = f" (diverged {diverged}/{len(runs)})" if diverged else ""
+    lines.append(
+        f"| {name}{note} | {spec.family} | "
+        f"{_mean_std([r['final_test_acc'] for r in runs], scale=100)} | "
+        f"{_mean_std([r['best_test_acc'] for r in runs], scale=100)} | "
+        f"{_mean_std([r['final_train_loss'] for r in runs], '{:.4f}')} | "
+        f"{_steps([r['steps_to_target_loss'] for r in runs])} | "
+        f"{_steps([r['steps_to_target_acc'] for r in runs])} | "
+        f"{np.mean([r['wall_s'] for r in runs]):.1f} | "
+        f"{runs[0]['compile_s']:.1f} |")
+  for name, reason in skipped.items():
+    spec = opt_registry.get(name)
+    lines.append(f"| {name} | {spec.family} | skipped: {reason} "
+                 "| | | | | | |")
+  return "\n".join(lines) + "\n"
+
+
+def _machine() -> str:
+  return (f"{platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPU cores visible, python "
+          f"{platform.python_version()}, jax {_version('jax')}, "
+          f"optax {optax.__version__}, flax {_version('flax')}")
+
+
+def _version(module: str) -> str:
+  return getattr(sys.modules.get(module) or __import__(module),
+                 "__version__", "?")
+
+
+# ------------------------------------------------------------------- runs
+
+
+def _partition(names):
+  """(available spec names, {unavailable name: reason})."""
+  available, skipped = [], {}
+  for name in names:
+    reason = opt_registry.availability(opt_registry.get(name))
+    if reason is None:
+      available.append(name)
+    else:
+      skipped[name] = reason
+  return available, skipped
+
+
+def run_task(task, names, *, seeds, epochs, out, plots=True, log=print):
+  available, skipped = _partition(names)
+  for name, reason in skipped.items():
+    log(f"[{task.name}] SKIPPED {name}: {reason}")
+  task_dir = out / task.name
+  task_dir.mkdir(parents=True, exist_ok=True)
+  records: dict[str, list[dict]] = {}
+  start = time.perf_counter()
+  total = len(available) * seeds * epochs
+  with tqdm(total=total, desc=task.name, unit="epoch", file=sys.stderr,
+            dynamic_ncols=True) as bar:
+    for name in available:
+      spec = opt_registry.get(name)
+      bar.set_postfix_str(f"{name}: compiling")
+      try:
+        trainer = train.Trainer(task, spec, epochs)
+        runs = []
+        for seed in range(seeds):
+          def on_epoch(epoch, metrics, name=name, seed=seed):
+            bar.update(1)
+            bar.set_postfix_str(
+                f"{name} seed {seed} loss {metrics['loss']:.3f} "
+                f"acc {metrics['acc']:.3f}")
+          record = trainer.run(seed, on_epoch)
+          (task_dir / f"{name}_seed{seed}.json").write_text(
+              json.dumps(record))
+          runs.append(record)
+        records[name] = runs
+      except Exception as e:  # a failing method must not hide the others
+        skipped[name] = f"failed: {type(e).__name__}: {e}".splitlines()[0]
+        log(f"[{task.name}] FAILED {name}: {skipped[name]}")
+        bar.update(seeds * epochs - (bar.n % (seeds * epochs or 1)))
+  elapsed = time.perf_counter() - start
+  table = summarize(task, records, skipped, epochs, seeds)
+  (task_dir / "table.md").write_text(table)
+  (task_dir / "summary.json").write_text(json.dumps({
+      "task": task.name, "epochs": epochs, "seeds": seeds,
+      "elapsed_s": elapsed, "machine": _machine(),
+      "skipped": skipped,
+      "runs": {n: [{k: v for k, v in r.items() if k not in ("curves", "trace")}
+                   for r in rs] for n, rs in records.items()},
+  }, indent=1))
+  if plots and records:
+    from benchmarks import plots as plot_lib
+    plot_lib.plot_task(task, records, task_dir)
+  return table, elapsed
+
+
+# ------------------------------------------------------------------ tuning
+
+
+def tune(task, *, seeds, epochs, out, log=print):
+  """Grid for sgd-step (lr x drops) and sgd-cosine (lr) on validation."""
+  grid = []
+  for lr in opt_registry.TUNE_LRS:
+    for drops in opt_registry.TUNE_DROPS:
+      grid.append(("sgd-step", {"lr": lr, "drops": drops},
+                   opt_registry.sgd_step(lr, drops)))
+  for lr in opt_registry.TUNE_LRS:
+    grid.append(("sgd-cosine", {"lr": lr}, opt_registry.sgd_cosine(lr)))
+  rows = []
+  with tqdm(total=len(grid) * seeds * epochs, desc=f"tune {task.name}",
+            unit="epoch", file=sys.stderr, dynamic_ncols=True) as bar:
+    for name, config, factory in grid:
+      spec = dataclasses.replace(opt_registry.get(name), make=factory)
+      trainer = train.Trainer(task, spec, epochs)
+      runs = [trainer.run(s, lambda *_: bar.update(1)) for s in range(seeds)]
+      rows.append({
+          "optimizer": name, **config,
+          "final_val_acc": float(np.mean([r["final_val_acc"] for r in runs])),
+          "best_val_acc": float(np.mean([r["best_val_acc"] for r in runs])),
+          "final_test_acc": float(np.mean([r["final_test_acc"]
+                                           for r in runs])),
+      })
+  lines = [f"### tuning on {task.name} (validation split, {epochs} epochs, "
+           f"seeds 0..{seeds - 1})", "",
+           "| optimizer | lr | drops | final val acc | best val acc |",
+           "|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['optimizer']} | {r['lr']} | {r.get('drops', '–')} "
+                 f"| {100 * r['final_val_acc']:.2f} | "
+                 f"{100 * r['best_val_acc']:.2f} |")
+  winners = {}
+  for name in ("sgd-step", "sgd-cosine"):
+    candidates = [r for r in rows if r["optimizer"] == name]
+    winners[name] = max(candidates, key=lambda r: (r["final_val_acc"],
+                                                   r["best_val_acc"]))
+    lines.append(f"\nwinner {name}: {winners[name]}")
+  text = "\n".join(lines) + "\n"
+  (out / task.name).mkdir(parents=True, exist_ok=True)
+  (out / task.name / "tune.md").write_text(text)
+  (out / task.name / "tune.json").write_text(json.dumps(
+      {"rows": rows, "winners": winners}, indent=1))
+  log(text)
+  return winners
+
+
+# --------------------------------------------------------------------- cli
+
+
+def _parse(argv):
+  parser = argparse.ArgumentParser(
+      prog="python -m benchmarks.compare", description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--task", default="mnist1d",
+                      help="task name or 'all': "
+                      f"{', '.join(task_registry.TASKS)}")
+  parser.add_argument("--optimizers", default="all",
+                      help="comma-separated names, or 'all'")
+  parser.add_argument("--seeds", type=int, default=None,
+                      help=f"seeds per optimizer (default {DEFAULT_SEEDS}, "
+                      f"--full {FULL_SEEDS})")
+  parser.add_argument("--epochs", type=int, default=None,
+                      help="epochs (default: the task's quick setting; "
+                      "--full: the task's full setting)")
+  parser.add_argument("--full", action="store_true",
+                      help="the published table: all tasks, 5 seeds, "
+                      "full epochs")
+  parser.add_argument("--out", default="results", help="output folder")
+  parser.add_argument("--tune", action="store_true",
+                      help="run the SGD tuning grid on the validation split")
+  parser.add_argument("--no-plots", action="store_true")
+  parser.add_argument("--list", action="store_true",
+                      help="print the registry with availability and exit")
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = _parse(argv)
+  if args.list:
+    for spec in opt_registry.REGISTRY.values():
+      reason = opt_registry.availability(spec)
+      status = "ok" if reason is None else f"UNAVAILABLE ({reason})"
+      print(f"{spec.name:22s} {spec.family:9s} {status}\n"
+            f"{'':32s} {spec.description}")
+    return 0
+  task_names = (list(task_registry.TASKS)
+                if args.full or args.task == "all" else args.task.split(","))
+  tasks = [task_registry.get_task(t) for t in task_names]
+  names = (list(opt_registry.REGISTRY) if args.optimizers == "all"
+           else [n.strip() for n in args.optimizers.split(",") if n.strip()])
+  for name in names:
+    opt_registry.get(name)  # fail early on a typo
+  seeds = args.seeds or (FULL_SEEDS if args.full else DEFAULT_SEEDS)
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  start = time.perf_counter()
+  for task in tasks:
+    epochs = args.epochs or (task.epochs if args.full or args.tune
+                             else task.default_epochs)
+    if args.tune:
+      tune(task, seeds=seeds, epochs=epochs, out=out)
+      continue
+    table, elapsed = run_task(task, names, seeds=seeds, epochs=epochs,
+                              out=out, plots=not args.no_plots)
+    print()
+    print(table)
+    print(f"[{task.name}] {elapsed:.0f} s; results in {out / task.name}")
+  print(f"total {time.perf_counter() - start:.0f} s on {_machine()}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
