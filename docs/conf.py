@@ -55,6 +55,7 @@ extensions = [
     "myst_parser",
     "coverage_check",
     "namedtuple_fields",
+    "optional_pages",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
@@ -67,6 +68,14 @@ exclude_patterns = [
 ]
 templates_path = ["_templates"]
 nitpicky = False
+
+# Pages written by other people, possibly later than index.md: while one does
+# not exist its toctree entry is dropped (docs/_ext/optional_pages.py). Any
+# other broken entry, or a page in no toctree, still fails the build.
+optional_pages = (
+    "cprop", "adas", "autodrop", "labpal",
+    "flax", "multi_device", "checkpointing", "diagnostics", "results",
+)
 
 # -- autodoc / autosummary / napoleon ----------------------------------------
 
@@ -89,6 +98,11 @@ autodoc_type_aliases = {
     "OptState": "optax.OptState",
     "ScalarOrSchedule": "optax.ScalarOrSchedule",
 }
+# optax.OptState is chex.ArrayTree, a recursive alias holding
+# ForwardRef('ArrayTree') that no module namespace resolves; the type is then
+# shown as written, which is all this warning reports (e.g. for the dataclass
+# fields TrainState inherits from flax).
+suppress_warnings = ["sphinx_autodoc_typehints.forward_reference"]
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False

@@ -46,6 +46,7 @@ DOCS = ROOT / "docs"
 sys.path.insert(0, str(DOCS / "_ext"))
 
 import coverage_check  # noqa: E402  (docs/_ext, put on the path above)
+import optional_pages  # noqa: E402
 
 PYTHON_LANGS = frozenset({"python", "py", "python3"})
 SKIP_MARKER = re.compile(r"^\s*<!--\s*skip-test:(.*?)-->\s*$")
@@ -327,6 +328,25 @@ def test_documented_in_source_reads_autosummary_and_autodoc():
   ])
   assert coverage_check.documented_in_source(text) == {
       "pkg.alpha", "pkg.Beta", "pkg.delta", "pkg.other.Epsilon"}
+
+
+def test_optional_pages_dropped_only_while_missing():
+  text = ("# Home\n\ncprop\n\n```{toctree}\n:maxdepth: 2\n\ngetting_started"
+          "\ncprop\nadas\nnot_optional\n```\n\nadas\n")
+  new, dropped = optional_pages.drop_missing_entries(
+      text, optional={"cprop", "adas"}, existing={"cprop", "getting_started"})
+  assert dropped == ["adas"]
+  assert new == text.replace("\nadas\nnot_optional", "\nnot_optional")
+
+
+def test_optional_pages_are_in_the_index():
+  index = (DOCS / "index.md").read_text(encoding="utf-8")
+  optional = _conf_value("optional_pages")
+  _, dropped = optional_pages.drop_missing_entries(
+      index, optional=set(optional), existing=set())
+  assert sorted(dropped) == sorted(optional), (
+      "every page of conf.optional_pages must be listed in a toctree of "
+      "docs/index.md")
 
 
 # ------------------------------------------------------------- Sphinx build
