@@ -22,7 +22,9 @@
     A block whose first line starts with ``>>>`` runs as a doctest.
 (b) Every public name of ``optax_adaptive.__all__`` has an API entry in
     ``docs/api/*.rst``, and every entry there is public.
-(c) The Sphinx build with warnings as errors succeeds.
+(c) The Sphinx build with warnings as errors succeeds (slow), and every
+    script in ``docs/examples/`` runs (slow; skipped for a script that
+    another test file already runs).
 """
 
 from __future__ import annotations
@@ -288,6 +290,35 @@ def test_doctest_block_failure_is_reported(tmp_path):
   (block,) = parse_blocks(page.read_text(), page)
   with pytest.raises(AssertionError, match="doctest"):
     run_block(block, {})
+
+
+# ------------------------------------------------------ example scripts
+
+EXAMPLES = sorted((DOCS / "examples").glob("*.py"))
+
+
+def _other_test_running(example: pathlib.Path) -> str | None:
+  """The test file, other than this one, that already runs ``example``."""
+  needle = f"examples/{example.name}"
+  for test_file in sorted(ROOT.glob("tests/test_*.py")):
+    if test_file.name != pathlib.Path(__file__).name and (
+        needle in test_file.read_text(encoding="utf-8")):
+      return _rel(test_file)
+  return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", EXAMPLES,
+                         ids=[p.name for p in EXAMPLES])
+def test_example_script_runs(example, tmp_path):
+  if runner := _other_test_running(example):
+    pytest.skip(f"{_rel(example)} is run by {runner}")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", MPLBACKEND="Agg")
+  result = subprocess.run(
+      [sys.executable, str(example)], cwd=tmp_path, env=env,
+      capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, (
+      f"{_rel(example)} failed:\n{result.stderr[-4000:]}")
 
 
 # ------------------------------------------------------------ API coverage
