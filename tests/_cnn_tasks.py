@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding
+from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optax_adaptive as oa
@@ -279,3 +279,52 @@ def replicated(tree, mesh):
 def gather_explicit(params):
   """All-gathers FSDP params before use (Explicit mesh axes)."""
   return jax.tree.map(lambda p: jax.sharding.reshard(p, P()), params)
+
+
+def put(tree, shardings):
+  """Places host values on ``shardings``, also across processes.
+
+  Every process must pass the same global values (as multi-host training
+  code does with a seeded data pipeline); each one fills its own shards.
+  """
+  def place(a, sharding):
+    a = np.asarray(a)
+    return jax.make_array_from_callback(a.shape, sharding, lambda i: a[i])
+  return jax.tree.map(place, tree, shardings)
+
+
+def put_spec(tree, mesh, spec):
+  return put(tree, jax.tree.map(lambda _: NamedSharding(mesh, spec), tree))
+
+
+def run_on_mesh(method: Method, data, steps: int, mesh, *, fsdp: bool):
+  """``steps`` jitted steps over ``mesh`` (data parallel over its axis).
+
+  Params are replicated, or sharded FSDP-style when ``fsdp``. Works in a
+  single process and in every process of a multi-host job. Returns a dict
+  with ``params``, ``state``, ``losses`` and, for the layout checks,
+  ``param_shardings``, ``state_types0`` and ``state_shardings0``.
+  """
+  tx = method.build(None)
+  explicit = mesh.axis_types[0] == AxisType.Explicit
+  gather = gather_explicit if (fsdp and explicit) else None
+  with jax.set_mesh(mesh):
+    params = init_params()
+    shardings = (fsdp_shardings(params, mesh) if fsdp
+                 else replicated(params, mesh))
+    params = put(params, shardings)
+    state = tx.init(params)
+    out = {
+        "param_shardings": shardings,
+        "state_types0": jax.tree.map(jax.typeof, state),
+        "state_shardings0": jax.tree.map(lambda a: a.sharding, state),
+    }
+    step = jax.jit(make_step(method, tx, gather=gather))
+    losses = []
+    for i in range(steps):
+      batch = put_spec(batch_at(data, i), mesh, P("data"))
+      approx = put_spec(approx_at(data, i), mesh, P(None, "data"))
+      params, state, value = step(params, state, batch, approx)
+      losses.append(value)
+    out.update(params=params, state=state, losses=jnp.stack(losses))
+  return out

@@ -146,34 +146,19 @@ def _run_shard_map(method):
 
 def _run_jit(method, *, fsdp, axis_type):
   mesh = jax.make_mesh((T.N_DEVICES,), ("data",), axis_types=(axis_type,))
-  tx = method.build(None)
-  explicit = axis_type == AxisType.Explicit
-  gather = T.gather_explicit if (fsdp and explicit) else None
-  with jax.set_mesh(mesh):
-    params = T.init_params()
-    shardings = (T.fsdp_shardings(params, mesh) if fsdp
-                 else T.replicated(params, mesh))
-    params = jax.tree.map(jax.device_put, params, shardings)
-    state = tx.init(params)
-    types0 = jax.tree.map(jax.typeof, state)
-    shardings0 = jax.tree.map(lambda a: a.sharding, state)
-    step = jax.jit(T.make_step(method, tx, gather=gather))
-    losses = []
-    for i in range(STEPS):
-      batch = _put(T.batch_at(_data(), i), mesh, P("data"))
-      approx = _put(T.approx_at(_data(), i), mesh, P(None, "data"))
-      params, state, value = step(params, state, batch, approx)
-      losses.append(value)
-    if explicit:
-      assert jax.tree.map(jax.typeof, state) == types0
-    for before, leaf in zip(jax.tree.leaves(shardings0),
-                            jax.tree.leaves(state)):
-      assert leaf.sharding.is_equivalent_to(before, leaf.ndim), (
-          f"state leaf {leaf.shape}: {before} -> {leaf.sharding}")
-    for leaf, sharding in zip(jax.tree.leaves(params),
-                              jax.tree.leaves(shardings)):
-      assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim)
-  return params, state, jnp.stack(losses), shardings
+  out = T.run_on_mesh(method, _data(), STEPS, mesh, fsdp=fsdp)
+  state, params = out["state"], out["params"]
+  if axis_type == AxisType.Explicit:
+    assert jax.tree.map(jax.typeof, state) == out["state_types0"]
+  for before, leaf in zip(jax.tree.leaves(out["state_shardings0"]),
+                          jax.tree.leaves(state)):
+    assert leaf.sharding.is_equivalent_to(before, leaf.ndim), (
+        f"state leaf {leaf.shape}: {before} -> {leaf.sharding}")
+  shardings = out["param_shardings"]
+  for leaf, sharding in zip(jax.tree.leaves(params),
+                            jax.tree.leaves(shardings)):
+    assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim)
+  return params, state, out["losses"], shardings
 
 
 RUNS = {
