@@ -34,6 +34,8 @@ _DOCS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(_DOCS, "_ext"))
 sys.path.insert(0, os.path.dirname(_DOCS))
 
+import short_typehints  # noqa: E402  (docs/_ext)
+
 import optax_adaptive  # noqa: E402
 
 # -- Project -----------------------------------------------------------------
@@ -90,6 +92,10 @@ autodoc_typehints = "description"
 typehints_document_rtype = True
 typehints_use_signature = False
 always_document_param_types = False
+# jax.typing.ArrayLike, optax.Params ... by name instead of expanded unions.
+# A function cannot be pickled with the environment; Sphinx then only says it
+# cannot cache this value ("config.cache"), which is silenced below.
+typehints_formatter = short_typehints.format_alias
 # Private helper types (e.g. ``optax._src.base.Params``) are shown by their
 # public name.
 autodoc_type_aliases = {
@@ -102,7 +108,10 @@ autodoc_type_aliases = {
 # ForwardRef('ArrayTree') that no module namespace resolves; the type is then
 # shown as written, which is all this warning reports (e.g. for the dataclass
 # fields TrainState inherits from flax).
-suppress_warnings = ["sphinx_autodoc_typehints.forward_reference"]
+suppress_warnings = [
+    "sphinx_autodoc_typehints.forward_reference",
+    "config.cache",
+]
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False

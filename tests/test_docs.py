@@ -41,6 +41,7 @@ import sys
 import time
 
 import jax
+import optax
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -49,6 +50,7 @@ sys.path.insert(0, str(DOCS / "_ext"))
 
 import coverage_check  # noqa: E402  (docs/_ext, put on the path above)
 import optional_pages  # noqa: E402
+import short_typehints  # noqa: E402
 
 PYTHON_LANGS = frozenset({"python", "py", "python3"})
 SKIP_MARKER = re.compile(r"^\s*<!--\s*skip-test:(.*?)-->\s*$")
@@ -378,6 +380,17 @@ def test_optional_pages_are_in_the_index():
   assert sorted(dropped) == sorted(optional), (
       "every page of conf.optional_pages must be listed in a toctree of "
       "docs/index.md")
+
+
+def test_type_aliases_are_printed_by_name():
+  split = short_typehints.split_aliases
+  assert split(jax.typing.ArrayLike) == (["jax.typing.ArrayLike"], [])
+  assert split(optax.ScalarOrSchedule) == (["optax.ScalarOrSchedule"], [])
+  assert split(optax.Updates | None) == (["chex.ArrayTree"], [type(None)])
+  assert split(jax.typing.ArrayLike | str) == (["jax.typing.ArrayLike"],
+                                               [str])
+  assert split(int | None) == ([], [int, type(None)])
+  assert short_typehints.format_alias(int, config=None) is None
 
 
 # ------------------------------------------------------------- Sphinx build
