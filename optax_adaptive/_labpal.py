@@ -110,6 +110,13 @@ def _loss_scalar(loss: Any, dtype: jnp.dtype) -> jax.Array:
   return jnp.asarray(loss).astype(dtype).reshape(())
 
 
+def _rounding_eps(*losses: Any) -> float:
+  """Machine epsilon of the widest floating dtype among ``losses``."""
+  dtypes = [jnp.result_type(x) for x in losses]
+  dtypes = [d for d in dtypes if jnp.issubdtype(d, jnp.floating)]
+  return max((float(jnp.finfo(d).eps) for d in dtypes), default=0.0)
+
+
 def _maybe_pmean(x: jax.Array, axis_name: str | None) -> jax.Array:
   return x if axis_name is None else jax.lax.pmean(x, axis_name)
 
@@ -155,13 +162,20 @@ def _pal_step(
     measuring_step: jax.Array,
     update_step_adaptation: jax.Array,
     max_step: jax.Array,
+    loss_eps: float,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """PAL's decision (spec §2.5-§2.7, §7.2): (step length, curvature, case)."""
+  """PAL's decision (spec §2.5-§2.7, §7.2): (step length, curvature, case).
+
+  A curvature whose contribution ``a μ²`` is below the rounding error of the
+  losses counts as zero (a linear loss, spec §8.5), so rounding noise never
+  decides between "step to the minimum" and "stay at μ".
+  """
   mu = measuring_step
   curvature = (value_mu - value - slope * mu) / mu**2  # spec §2.5
   finite = jnp.isfinite(curvature) & jnp.isfinite(slope)
   descent = slope < 0
-  convex = curvature > 0
+  noise = loss_eps * (jnp.abs(value) + jnp.abs(value_mu) + jnp.abs(slope * mu))
+  convex = curvature * mu**2 > noise
   safe_curv = jnp.where(convex & finite, curvature, jnp.ones_like(curvature))
   minimum = update_step_adaptation * (-slope / (2 * safe_curv))  # spec §2.7
   step = jnp.where(descent, jnp.where(convex, minimum, mu), 0.0)
@@ -266,6 +280,7 @@ def scale_by_pal(
       slope = -norm
     mu = jnp.asarray(measuring_step, dtype)
     value_mu = value_fn(_move_along(params, unit, mu), **fn_kwargs)
+    loss_eps = _rounding_eps(value, value_mu)
     value_mu = _maybe_pmean(_loss_scalar(value_mu, dtype), axis_name)
     step, curvature, case = _pal_step(
         _loss_scalar(value, dtype),
@@ -274,6 +289,7 @@ def scale_by_pal(
         mu,
         jnp.asarray(update_step_adaptation, dtype),
         jnp.asarray(max_step, dtype),
+        loss_eps,
     )
     new_updates = _scaled_like(unit, step, params)  # spec §2.8
     new_state = ScaleByPalState(
@@ -462,13 +478,20 @@ def _fit_parabola(
     h: jax.Array,
     mu: jax.Array,
     fit: str,
+    noise: jax.Array,
 ) -> _Fit:
-  """The reference fit (default) or the exact one, spec §3.3.4."""
+  """The reference fit (default) or the exact one, spec §3.3.4.
+
+  ``noise`` bounds the rounding error of ``A μ²``; a smaller curvature counts
+  as zero (a linear loss fails the fit, spec §8.5) instead of letting the
+  sign of rounding noise decide.
+  """
   curv, slope = _parabola_through(diff_h, diff_mu, h, mu)
+  significant = curv * mu**2 > noise
   if fit == "reference":
     # np.gradient twice over [0, h, mu]: b_ref = B + A h, a_ref = A / 2.
     curv, slope = curv / 2, diff_h / h
-  ok = (curv > 0) & (slope < 0)
+  ok = significant & (curv > 0) & (slope < 0)
   safe_curv = jnp.where(ok, curv, jnp.ones_like(curv))
   return _Fit(curv, slope, -slope / (2 * safe_curv), ok)
 
@@ -683,6 +706,8 @@ def scale_by_labpal(
     """Losses [M, 3] at t = 0, h, μ along -û on each mini-batch (§3.3)."""
     points = (0.0, fd_step, measure_step)
 
+    loss_eps = []
+
     def per_batch(batch):
       kwargs = {**fn_kwargs, **batch}
       losses = [
@@ -690,13 +715,14 @@ def scale_by_labpal(
                    **kwargs)
           for t in points
       ]
+      loss_eps.append(_rounding_eps(*losses))
       return jnp.stack([_loss_scalar(x, dtype) for x in losses])
 
     if _leading_size(approx_batch) is None:
       losses = per_batch(dict(approx_batch))[None]
     else:
       losses = jax.lax.map(per_batch, dict(approx_batch))
-    return _maybe_pmean(losses, axis_name)
+    return _maybe_pmean(losses, axis_name), jnp.asarray(loss_eps[0], dtype)
 
   def measure_branch(grad, state, params, value_fn, fn_kwargs, approx_batch):
     """One measurement and its update (spec §3.3, §7.3)."""
@@ -715,13 +741,14 @@ def scale_by_labpal(
         & (norm_f <= high)
     )  # spec §3.3.1 guard
 
-    losses = jax.lax.cond(
+    losses, loss_eps = jax.lax.cond(
         ok_dir,
         lambda: measure_losses(
             params, unit, value_fn, fn_kwargs, approx_batch, fdt
         ),
-        lambda: jnp.zeros(
-            (max(_leading_size(approx_batch) or 1, 1), 3), fdt
+        lambda: (
+            jnp.zeros((max(_leading_size(approx_batch) or 1, 1), 3), fdt),
+            jnp.zeros((), fdt),
         ),
     )
     # Per-batch differences, then the mean over finite batches (§7.6.3).
@@ -730,7 +757,10 @@ def scale_by_labpal(
     diff_mu = _nanmean_rows(losses[:, 2] - losses[:, 0], valid)
     h = jnp.asarray(fd_step, fdt)
     mu = jnp.asarray(measure_step, fdt)
-    fitted = _fit_parabola(diff_h, diff_mu, h, mu, fit)
+    # Rounding error of A μ²: D1 enters it multiplied by μ/h.
+    scale = jnp.max(jnp.where(valid[:, None], jnp.abs(losses), 0.0))
+    noise = loss_eps * scale * (mu / h + 2)
+    fitted = _fit_parabola(diff_h, diff_mu, h, mu, fit, noise)
 
     alpha = jnp.asarray(update_step_adaptation, fdt)
     floor = jnp.asarray(eps, fdt)

@@ -125,12 +125,14 @@ def test_negative_curvature_steps_to_mu():
   assert bool(state.info.fit_failed)
 
 
-def test_linear_loss_steps_to_mu():
-  loss = lambda x: jnp.sum(2.0 * x)
-  tx = pal(measuring_step=0.5, momentum=0.0)
-  x1, state = _one_step(tx, loss, jnp.array([1.0, -1.0]))
-  np.testing.assert_allclose(jnp.linalg.norm(x1 - jnp.array([1.0, -1.0])),
-                             0.5, rtol=1e-6)
+@pytest.mark.parametrize("mu", [1.0, 0.5, 0.1])
+def test_linear_loss_steps_to_mu(mu):
+  """§8.5: A linear loss (a = 0 up to rounding) gives s = μ."""
+  loss = lambda x: jnp.sum(jnp.array([2.0, -0.3, 1.1]) * x) + 5.0
+  tx = pal(measuring_step=mu, momentum=0.0)
+  x0 = jnp.array([1.0, -1.0, 0.3])
+  x1, state = _one_step(tx, loss, x0)
+  np.testing.assert_allclose(jnp.linalg.norm(x1 - x0), mu, rtol=1e-5)
   assert int(state.info.case) == PAL_CASE_CONCAVE
 
 
