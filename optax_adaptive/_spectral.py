@@ -1,0 +1,536 @@
+# Copyright 2026 The optax_adaptive Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+# ==============================================================================
+"""Spectral metrics of AdaS: unfoldings, EVBMF and the knowledge gain.
+
+Everything here is a pure function of arrays with static shapes: the rank
+that EVBMF retains is data dependent, so it is carried as a mask and a count,
+never as a shape. The functions jit, vmap and run on any backend.
+
+Section numbers (``§``) refer to ``spec/adas.md``.
+
+References:
+  Hosseini & Plataniotis, `AdaS: Adaptive Scheduling of Stochastic Gradients
+  <https://arxiv.org/abs/2006.06587>`_, 2020.
+
+  Nakajima, Tomioka, Sugiyama & Babacan, `Global Analytic Solution of
+  Fully-observed Variational Bayesian Matrix Factorization
+  <https://jmlr.org/papers/v14/nakajima13a.html>`_, JMLR 2013.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from optax_adaptive import _common
+
+SOLVERS = ("brent_ref", "golden_log")
+SPECTRA = ("gram", "svd")
+
+_GOLDEN = 0.5 * (3.0 - math.sqrt(5.0))  # 0.381966..., scipy's golden_mean
+_SCIPY_SQRT_EPS = math.sqrt(2.2e-16)  # scipy's hard-coded sqrt_eps
+_BRENT_XATOL = 1e-5  # scipy's default absolute tolerance, §1.3
+_BRENT_MAXITER = 500
+_GOLDEN_LOG_ITERS = 80  # §6.6 (b): fixed iterations on ln sigma^2
+_TAU_BAR_FACTOR = 2.5129  # §1.3: tau_bar = 2.5129 sqrt(alpha)
+
+
+class EVBMFResult(NamedTuple):
+  """Result of :func:`evbmf` (leading batch axes, if any, are kept).
+
+  Attributes:
+    sigma2: the estimated noise variance; shape=(...), float.
+    rank: the number of retained components; shape=(...), int32.
+    singular_values: the shrunk singular values, descending and zero beyond
+      ``rank``; shape=(..., min(L, M)), float.
+  """
+
+  sigma2: jax.Array
+  rank: jax.Array
+  singular_values: jax.Array
+
+
+class KnowledgeGain(NamedTuple):
+  """Knowledge gain of one conv kernel (§1.4-§1.5).
+
+  Attributes:
+    input_gain: G of the mode-3 (input-channel) unfolding; shape=(...).
+    output_gain: G of the mode-4 (output-channel) unfolding; shape=(...).
+    input_condition: mapping condition kappa of mode 3 (0 at rank 0).
+    output_condition: mapping condition kappa of mode 4 (0 at rank 0).
+    input_rank: EVBMF rank of mode 3; int32.
+    output_rank: EVBMF rank of mode 4; int32.
+    gain: the layer score, the mean of the two gains (§1.5).
+  """
+
+  input_gain: jax.Array
+  output_gain: jax.Array
+  input_condition: jax.Array
+  output_condition: jax.Array
+  input_rank: jax.Array
+  output_rank: jax.Array
+  gain: jax.Array
+
+
+# -------------------------------------------------------------- unfoldings
+
+
+def input_unfolding(kernel: jax.Array) -> jax.Array:
+  """Mode-3 unfolding of a Flax ``(spatial..., in, out)`` kernel, §1.2.
+
+  Row ``i`` holds every weight that reads input channel ``i``; the result
+  has shape ``(in, prod(spatial) * out)``. Extra leading axes are not
+  allowed: vmap over them.
+  """
+  return jnp.moveaxis(kernel, -2, 0).reshape(kernel.shape[-2], -1)
+
+
+def output_unfolding(kernel: jax.Array) -> jax.Array:
+  """Mode-4 unfolding of a Flax ``(spatial..., in, out)`` kernel, §1.2.
+
+  Row ``o`` holds the weights of output filter ``o``; the result has shape
+  ``(out, prod(spatial) * in)``.
+  """
+  return jnp.moveaxis(kernel, -1, 0).reshape(kernel.shape[-1], -1)
+
+
+# ---------------------------------------------------------------- spectrum
+
+
+def squared_singular_values(
+    matrix: jax.Array, spectrum: str = "gram"
+) -> jax.Array:
+  """Squared singular values of ``(..., L, M)`` matrices, descending.
+
+  ``spectrum="gram"`` takes the eigenvalues of the smaller Gram matrix (one
+  matrix product and one symmetric eigensolve, several times cheaper than an
+  SVD on CPU); ``"svd"`` squares ``jnp.linalg.svd(..., compute_uv=False)``.
+  EVBMF only needs squared values (§1.3), and the Gram route has an
+  absolute error of about ``eps * gamma_1**2`` in each of them, i.e. the
+  same order as an SVD's for every value above ``sqrt(eps) * gamma_1``
+  (§6.8 discusses the small ones).
+  """
+  _common.check_choice("spectrum", spectrum, SPECTRA)
+  matrix = matrix.astype(_common.stats_dtype(matrix.dtype))
+  rows, cols = matrix.shape[-2:]
+  if spectrum == "svd":
+    return jnp.square(jnp.linalg.svd(matrix, compute_uv=False))
+  if rows <= cols:
+    gram = jnp.einsum("...ij,...kj->...ik", matrix, matrix,
+                      precision=jax.lax.Precision.HIGHEST)
+  else:
+    gram = jnp.einsum("...ji,...jk->...ik", matrix, matrix,
+                      precision=jax.lax.Precision.HIGHEST)
+  eigenvalues = jnp.linalg.eigvalsh(gram)  # ascending
+  return jnp.maximum(jnp.flip(eigenvalues, axis=-1), 0.0)
+
+
+# ------------------------------------------------------------------ EVBMF
+
+
+class _Geometry(NamedTuple):
+  """Static (Python) constants of EVBMF for an L x M input, §1.3."""
+
+  rows: int  # L
+  cols: int  # M
+  n: int  # min(L, M)
+  alpha: float  # L / M
+  xubar: float  # (1 + tau_bar)(1 + alpha / tau_bar)
+  k: int  # static upper bound on the EVB rank
+
+
+def _geometry(rows: int, cols: int) -> _Geometry:
+  alpha = rows / cols
+  tau_bar = _TAU_BAR_FACTOR * math.sqrt(alpha)  # §1.3
+  xubar = (1.0 + tau_bar) * (1.0 + alpha / tau_bar)  # §1.3
+  k = min(math.ceil(rows / (1.0 + alpha)) - 1, rows)  # §1.3, H = L
+  return _Geometry(rows, cols, min(rows, cols), alpha, xubar, k)
+
+
+def _objective(sigma2, s2, geo: _Geometry):
+  """Omega(sigma^2) of §1.3 with rho_res = 0, written as the reference does."""
+  tiny = jnp.finfo(s2.dtype).tiny
+  x = jnp.maximum(s2 / (geo.cols * sigma2), tiny)  # §6.5: clamp before log
+  above = x > geo.xubar
+  shifted = x - (1.0 + geo.alpha)
+  root = jnp.sqrt(jnp.maximum(shifted * shifted - 4.0 * geo.alpha, 0.0))
+  tau = 0.5 * (shifted + root)  # tau(x), §1.3
+  psi_above = ((x - tau) + jnp.log((tau + 1.0) / x)
+               + geo.alpha * jnp.log(tau / geo.alpha + 1.0))  # psi0 + psi1
+  psi_below = x - jnp.log(x)  # psi0
+  total = jnp.sum(jnp.where(above, psi_above, psi_below), axis=-1)
+  return total + (geo.rows - geo.n) * jnp.log(sigma2)
+
+
+def _bounds(s2, geo: _Geometry):
+  """sigma^2 bracket of §1.3 (0-based: s[K] and s[K:])."""
+  tiny = jnp.finfo(s2.dtype).tiny
+  upper = jnp.sum(s2, axis=-1) / (geo.rows * geo.cols)
+  lower = jnp.maximum(s2[..., geo.k] / (geo.cols * geo.xubar),
+                      jnp.mean(s2[..., geo.k:], axis=-1) / geo.cols)
+  return jnp.maximum(lower, tiny), upper  # §6.5: lower >= tiny
+
+
+def brent_bounded(fun, lower, upper, xatol=_BRENT_XATOL,
+                  maxiter=_BRENT_MAXITER):
+  """Brent's bounded minimiser, step for step as scipy's ``fminbound``.
+
+  Golden-section steps with parabolic interpolation, as
+  ``scipy.optimize.minimize_scalar(method="bounded")`` (§1.3, §6.6 (a)),
+  including its fast path: when ``upper - lower`` is below about
+  ``1.08e-5`` the first golden point ``lower + 0.381966 (upper - lower)`` is
+  returned after one evaluation (§7 T9). Runs in a ``lax.while_loop`` on
+  scalars, so it jits and vmaps.
+
+  Args:
+    fun: scalar function of a scalar.
+    lower: lower end of the bracket (scalar array).
+    upper: upper end of the bracket, ``>= lower``.
+    xatol: absolute tolerance on the minimiser.
+    maxiter: maximum number of function evaluations.
+
+  Returns:
+    The minimiser found, with the dtype of ``lower``.
+  """
+  a, b = jnp.asarray(lower), jnp.asarray(upper, jnp.asarray(lower).dtype)
+  dtype = a.dtype
+  xf = a + _GOLDEN * (b - a)
+  fx = fun(xf)
+  zero = jnp.zeros((), dtype)
+
+  def tolerances(xf):
+    tol1 = _SCIPY_SQRT_EPS * jnp.abs(xf) + xatol / 3.0
+    return tol1, 2.0 * tol1
+
+  def unconverged(c):
+    a, b, xf, num = c[0], c[1], c[2], c[10]
+    _, tol2 = tolerances(xf)
+    xm = 0.5 * (a + b)
+    return (jnp.abs(xf - xm) > tol2 - 0.5 * (b - a)) & (num < maxiter)
+
+  def step(c):
+    a, b, xf, fx, nfc, fnfc, fulc, ffulc, e, rat, num = c
+    tol1, tol2 = tolerances(xf)
+    xm = 0.5 * (a + b)
+    try_parabola = jnp.abs(e) > tol1
+    r = (xf - nfc) * (fx - ffulc)
+    q = (xf - fulc) * (fx - fnfc)
+    p = (xf - fulc) * q - (xf - nfc) * r
+    q = 2.0 * (q - r)
+    p = jnp.where(q > 0.0, -p, p)
+    q = jnp.abs(q)
+    parabola_ok = (try_parabola & (jnp.abs(p) < jnp.abs(0.5 * q * e))
+                   & (p > q * (a - xf)) & (p < q * (b - xf)))
+    rat_parabola = p / jnp.where(q == 0.0, 1.0, q)
+    x_parabola = xf + rat_parabola
+    near_edge = ((x_parabola - a) < tol2) | ((b - x_parabola) < tol2)
+    toward_mid = jnp.sign(xm - xf) + ((xm - xf) == 0)
+    rat_parabola = jnp.where(near_edge, tol1 * toward_mid, rat_parabola)
+    e_golden = jnp.where(xf >= xm, a - xf, b - xf)
+    new_e = jnp.where(parabola_ok, rat, e_golden)
+    new_rat = jnp.where(parabola_ok, rat_parabola, _GOLDEN * e_golden)
+    si = jnp.sign(new_rat) + (new_rat == 0)
+    x = xf + si * jnp.maximum(jnp.abs(new_rat), tol1)
+    fu = fun(x)
+    better = fu <= fx
+    # The branch where the new point is not better.
+    a_worse = jnp.where(x < xf, x, a)
+    b_worse = jnp.where(x < xf, b, x)
+    to_second = (fu <= fnfc) | (nfc == xf)
+    to_third = ~to_second & ((fu <= ffulc) | (fulc == xf) | (fulc == nfc))
+    w_fulc = jnp.where(to_second, nfc, jnp.where(to_third, x, fulc))
+    w_ffulc = jnp.where(to_second, fnfc, jnp.where(to_third, fu, ffulc))
+    w_nfc = jnp.where(to_second, x, nfc)
+    w_fnfc = jnp.where(to_second, fu, fnfc)
+    pick = lambda good, bad: jnp.where(better, good, bad)  # noqa: E731
+    return (
+        pick(jnp.where(x >= xf, xf, a), a_worse),
+        pick(jnp.where(x >= xf, b, xf), b_worse),
+        pick(x, xf), pick(fu, fx),
+        pick(xf, w_nfc), pick(fx, w_fnfc),
+        pick(nfc, w_fulc), pick(fnfc, w_ffulc),
+        new_e, new_rat, num + 1,
+    )
+
+  init = (a, b, xf, fx, xf, fx, xf, fx, zero, zero, jnp.ones((), jnp.int32))
+  return jax.lax.while_loop(unconverged, step, init)[2]
+
+
+def golden_log(fun, lower, upper, iterations=_GOLDEN_LOG_ITERS):
+  """Golden-section search on ``ln x`` over ``[lower, upper]`` (§6.6 (b)).
+
+  A fixed number of iterations, relative precision ``0.618**iterations``
+  of the log-bracket; no while loop.
+  """
+  lo, hi = jnp.log(lower), jnp.log(jnp.maximum(upper, lower))
+  inner_lo = lo + _GOLDEN * (hi - lo)
+  inner_hi = hi - _GOLDEN * (hi - lo)
+  f_lo, f_hi = fun(jnp.exp(inner_lo)), fun(jnp.exp(inner_hi))
+
+  def step(_, c):
+    lo, hi, inner_lo, inner_hi, f_lo, f_hi = c
+    keep_left = f_lo <= f_hi
+    new_lo = jnp.where(keep_left, lo, inner_lo)
+    new_hi = jnp.where(keep_left, inner_hi, hi)
+    probe = jnp.where(keep_left, new_lo + _GOLDEN * (new_hi - new_lo),
+                      new_hi - _GOLDEN * (new_hi - new_lo))
+    f_probe = fun(jnp.exp(probe))
+    return (new_lo, new_hi,
+            jnp.where(keep_left, probe, inner_hi),
+            jnp.where(keep_left, inner_lo, probe),
+            jnp.where(keep_left, f_probe, f_hi),
+            jnp.where(keep_left, f_lo, f_probe))
+
+  lo, hi, *_ = jax.lax.fori_loop(
+      0, iterations, step, (lo, hi, inner_lo, inner_hi, f_lo, f_hi))
+  return jnp.exp(0.5 * (lo + hi))
+
+
+def _evbmf_from_spectrum(s2, geo: _Geometry, solver: str) -> EVBMFResult:
+  """EVBMF (§1.3) of one matrix given its squared singular values."""
+  lower, upper = _bounds(s2, geo)
+  valid = lower <= upper  # an inverted bracket means rank 0, §1.3
+  upper = jnp.maximum(upper, lower)
+  fun = lambda sigma2: _objective(sigma2, s2, geo)  # noqa: E731
+  if solver == "brent_ref":
+    sigma2 = brent_bounded(fun, lower, upper)
+  else:
+    sigma2 = golden_log(fun, lower, upper)
+  gamma = jnp.sqrt(s2)
+  threshold = jnp.sqrt(geo.cols * sigma2 * geo.xubar)  # gamma_EVB, §1.3
+  kept = (gamma > threshold) & valid
+  safe_gamma = jnp.where(kept, gamma, 1.0)
+  q = 1.0 - (geo.rows + geo.cols) * sigma2 / safe_gamma**2
+  disc = q * q - 4.0 * geo.rows * geo.cols * sigma2**2 / safe_gamma**4
+  shrunk = 0.5 * safe_gamma * (q + jnp.sqrt(jnp.maximum(disc, 0.0)))  # §1.3
+  shrunk = jnp.where(kept, shrunk, 0.0)
+  return EVBMFResult(sigma2, jnp.sum(kept, dtype=jnp.int32), shrunk)
+
+
+def _effective_shape(shape, transpose_tall: bool):
+  rows, cols = shape
+  return (cols, rows) if transpose_tall and rows > cols else (rows, cols)
+
+
+def evbmf(
+    matrix: jax.Array,
+    solver: str = "brent_ref",
+    *,
+    spectrum: str = "gram",
+) -> EVBMFResult:
+  r"""Empirical variational Bayes matrix factorisation (EVBMF) of a matrix.
+
+  Estimates the noise variance :math:`\hat\sigma^2` of :math:`Y \in
+  \mathbb{R}^{L \times M}` by minimising the EVB free energy (spec §1.3)
+
+  .. math::
+
+    \Omega(\sigma^2) = \sum_h \psi_0(x_h) + \sum_{x_h > \bar x} \psi_1(x_h)
+      + (L - n) \ln \sigma^2, \qquad x_h = \frac{\gamma_h^2}{M \sigma^2},
+
+  over the reference's bracket, keeps the singular values above
+  :math:`\gamma^{EVB} = \sqrt{M \hat\sigma^2 \bar x}` and shrinks them:
+
+  .. math::
+
+    \hat\gamma_h = \frac{\gamma_h}{2}\Big(1 - \frac{(L+M)\hat\sigma^2}
+      {\gamma_h^2} + \sqrt{\Big(1 - \frac{(L+M)\hat\sigma^2}{\gamma_h^2}
+      \Big)^2 - \frac{4 L M \hat\sigma^4}{\gamma_h^4}}\Big).
+
+  Tall inputs are not transposed (the reference does not, §1.2); where the
+  bracket is inverted the rank is 0, as in the reference.
+
+  Args:
+    matrix: a ``(..., L, M)`` array; leading axes are batch axes.
+    solver: ``"brent_ref"`` reproduces the reference's bounded Brent search
+      (scipy's ``minimize_scalar(method="bounded")``, absolute tolerance
+      ``1e-5``, fast path included); ``"golden_log"`` is a fixed 80-step
+      golden-section search on :math:`\ln\sigma^2` with relative precision.
+    spectrum: ``"gram"`` (default, fast) or ``"svd"``, see
+      :func:`squared_singular_values`.
+
+  Returns:
+    An :class:`EVBMFResult` with the noise variance, the rank (int32) and
+    the shrunk singular values, zero beyond the rank.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from optax_adaptive._spectral import evbmf
+    >>> y = jnp.zeros((4, 16)).at[jnp.arange(4), jnp.arange(4)].set(
+    ...     jnp.array([20., 10., 5., 1.]))
+    >>> result = evbmf(y)
+    >>> int(result.rank), round(float(result.sigma2), 3)
+    (2, 1.138)
+
+  References:
+    Hosseini & Plataniotis, `AdaS <https://arxiv.org/abs/2006.06587>`_, 2020.
+  """
+  _common.check_choice("solver", solver, SOLVERS)
+  geo = _geometry(*matrix.shape[-2:])
+  s2 = squared_singular_values(matrix, spectrum)
+  core = lambda v: _evbmf_from_spectrum(v, geo, solver)  # noqa: E731
+  for _ in range(s2.ndim - 1):
+    core = jax.vmap(core)
+  return core(s2)
+
+
+def gain_and_condition(shrunk, rank, normaliser, p=1):
+  """G and kappa of one unfolding from its shrunk values, §1.4 and §6.4.
+
+  Both are 0 at rank 0 (the reference's sentinel); every division is
+  guarded so the unselected lanes carry no NaN either.
+  """
+  kept = jnp.arange(shrunk.shape[-1]) < rank[..., None]
+  powered = jnp.where(kept, shrunk, 0.0) ** p
+  top = jnp.max(powered, axis=-1)
+  gain = _common.safe_divide(jnp.sum(powered, axis=-1), normaliser * top)
+  smallest = jnp.min(jnp.where(kept, shrunk, jnp.inf), axis=-1)
+  first = shrunk[..., 0]
+  condition = _common.safe_divide(
+      first, jnp.where(rank > 0, smallest, 0.0)) ** p
+  has_rank = rank > 0
+  return jnp.where(has_rank, gain, 0.0), jnp.where(has_rank, condition, 0.0)
+
+
+# --------------------------------------------------------- knowledge gain
+
+
+def _unfoldings_of(kernels: jax.Array):
+  """Mode-3 and mode-4 unfoldings of ``(B, spatial..., in, out)`` kernels."""
+  return jax.vmap(input_unfolding)(kernels), jax.vmap(output_unfolding)(
+      kernels)
+
+
+def knowledge_gains(
+    kernels: Sequence[jax.Array],
+    p: int = 1,
+    solver: str = "brent_ref",
+    *,
+    transpose_tall: bool = False,
+    spectrum: str = "gram",
+) -> list[KnowledgeGain]:
+  """Knowledge gains of many stacks of kernels, batched by unfolding shape.
+
+  Each element of ``kernels`` has shape ``(B, spatial..., in, out)`` (``B``
+  layers of the same shape). All unfoldings of equal (effective) shape,
+  across kernels and modes, go through one batched spectrum and one
+  vmapped EVBMF, so compile and run time grow with the number of distinct
+  shapes, not with the number of layers (§6.9).
+
+  Args:
+    kernels: sequence of ``(B, spatial..., in, out)`` arrays.
+    p: the exponent of §1.4 (1 or 2).
+    solver: ``"brent_ref"`` or ``"golden_log"``, see :func:`evbmf`.
+    transpose_tall: transpose unfoldings with more rows than columns before
+      EVBMF, keeping the row-count normaliser ([1.1.3]/[RM], §1.2).
+    spectrum: ``"gram"`` or ``"svd"``, see :func:`squared_singular_values`.
+
+  Returns:
+    One :class:`KnowledgeGain` per element of ``kernels``, each field of
+    shape ``(B,)``.
+  """
+  _common.check_choice("solver", solver, SOLVERS)
+  _common.check_choice("spectrum", spectrum, SPECTRA)
+  # (kernel index, mode) -> matrices, grouped by effective shape.
+  groups = collections.defaultdict(list)
+  for index, kernel in enumerate(kernels):
+    for mode, unfolded in enumerate(_unfoldings_of(kernel)):
+      rows = unfolded.shape[-2]
+      if transpose_tall and unfolded.shape[-2] > unfolded.shape[-1]:
+        unfolded = jnp.swapaxes(unfolded, -1, -2)
+      groups[unfolded.shape[-2:]].append((index, mode, rows, unfolded))
+  results = {}
+  for shape, members in groups.items():
+    geo = _geometry(*shape)
+    stacked = jnp.concatenate([m[3] for m in members], axis=0)
+    s2 = squared_singular_values(stacked, spectrum)
+    out = jax.vmap(lambda v, g=geo: _evbmf_from_spectrum(v, g, solver))(s2)
+    normaliser = jnp.concatenate([
+        jnp.full((m[3].shape[0],), m[2], out.singular_values.dtype)
+        for m in members])
+    gain, condition = gain_and_condition(
+        out.singular_values, out.rank, normaliser, p)
+    start = 0
+    for index, mode, _, unfolded in members:
+      stop = start + unfolded.shape[0]
+      results[index, mode] = (gain[start:stop], condition[start:stop],
+                              out.rank[start:stop])
+      start = stop
+  gains = []
+  for index in range(len(kernels)):
+    (g3, k3, r3), (g4, k4, r4) = results[index, 0], results[index, 1]
+    gains.append(KnowledgeGain(g3, g4, k3, k4, r3, r4, 0.5 * (g3 + g4)))
+  return gains
+
+
+def knowledge_gain(
+    kernel: jax.Array,
+    p: int = 1,
+    solver: str = "brent_ref",
+    *,
+    transpose_tall: bool = False,
+    spectrum: str = "gram",
+) -> KnowledgeGain:
+  r"""Knowledge gain, mapping condition and rank of a Flax conv kernel.
+
+  For the mode-3 (input) and mode-4 (output) unfoldings of a
+  ``(spatial..., in, out)`` kernel, with :math:`\hat\gamma` the EVBMF-shrunk
+  singular values, :math:`r` the EVBMF rank and :math:`N_d` the channel
+  count of the mode (spec §1.4-§1.5):
+
+  .. math::
+
+    G_d = \frac{1}{N_d} \sum_{h=1}^{r} \Big(\frac{\hat\gamma_h}
+      {\hat\gamma_1}\Big)^p, \qquad
+    \kappa_d = \Big(\frac{\hat\gamma_1}{\hat\gamma_r}\Big)^p, \qquad
+    \bar G = \tfrac12 (G_3 + G_4).
+
+  At rank 0 both G and kappa are 0. 1-D, 2-D and 3-D kernels (and 2-D
+  dense kernels) are accepted; for stacked layers vmap over the leading
+  axes.
+
+  Args:
+    kernel: a ``(spatial..., in, out)`` array.
+    p: exponent, 1 (default) or 2.
+    solver: ``"brent_ref"`` (reference parity) or ``"golden_log"``.
+    transpose_tall: the [1.1.3]/[RM] convention for tall unfoldings.
+    spectrum: ``"gram"`` (default, fast) or ``"svd"``.
+
+  Returns:
+    A :class:`KnowledgeGain` of scalars.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from optax_adaptive._spectral import knowledge_gain
+    >>> he = jax.random.normal(jax.random.key(0), (3, 3, 64, 64)) * (
+    ...     2 / (9 * 64)) ** 0.5
+    >>> float(knowledge_gain(he).gain)  # random init is pure noise (§7 T10)
+    0.0
+
+  References:
+    Hosseini & Plataniotis, `AdaS <https://arxiv.org/abs/2006.06587>`_, 2020.
+  """
+  if kernel.ndim < 2:
+    raise ValueError(
+        f"`kernel` must have at least 2 dimensions; got shape {kernel.shape}.")
+  (result,) = knowledge_gains(
+      [kernel[None]], p, solver, transpose_tall=transpose_tall,
+      spectrum=spectrum)
+  return jax.tree.map(lambda x: x[0], result)
