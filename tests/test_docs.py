@@ -54,8 +54,14 @@ import short_typehints  # noqa: E402
 
 PYTHON_LANGS = frozenset({"python", "py", "python3"})
 SKIP_MARKER = re.compile(r"^\s*<!--\s*skip-test:(.*?)-->\s*$")
-FENCE_OPEN = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})\s*"
+FENCE_OPEN = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})\s*"
                         r"(?P<info>.*)$")
+# MyST directives whose body is not markdown (code, math, raw text, tables).
+NON_MARKDOWN_DIRECTIVES = frozenset({
+    "code-block", "code", "sourcecode", "code-cell", "literalinclude",
+    "math", "eval-rst", "toctree", "raw", "csv-table", "mermaid",
+    "graphviz", "include", "image", "figure",
+})
 # Directories under docs/ whose markdown is not a docs page.
 EXCLUDED_DIRS = frozenset({"_build", "generated", ".pytest_cache"})
 
@@ -102,12 +108,15 @@ def _strip_directive_options(lines: list[str]) -> tuple[list[str], int]:
   return lines[dropped:], dropped
 
 
-def parse_blocks(text: str, path: pathlib.Path) -> list[CodeBlock]:
+def parse_blocks(text: str, path: pathlib.Path,
+                 first_line: int = 1) -> list[CodeBlock]:
   """The python blocks of a markdown text, in order.
 
   Fences follow CommonMark: a block closes at a fence of the same character
   at least as long as the opening one, so ``python`` fences shown inside a
-  longer (e.g. ````markdown) fence are not code of the page.
+  longer (e.g. ````markdown) fence are not code of the page. The body of a
+  MyST directive whose content is markdown (````{note}``, ``{dropdown}``
+  ...) is searched too. ``first_line`` is the file line of ``text``'s first.
   """
   lines = text.splitlines()
   blocks = []
@@ -124,19 +133,26 @@ def parse_blocks(text: str, path: pathlib.Path) -> list[CodeBlock]:
       continue
     start = i + 1
     end = start
-    close = re.compile(rf"^ {{0,3}}{re.escape(fence[0])}{{{len(fence)},}}\s*$")
+    close = re.compile(rf"^\s*{re.escape(fence[0])}{{{len(fence)},}}\s*$")
     while end < len(lines) and not close.match(lines[end]):
       end += 1
+    body = [_dedent_line(line, indent) for line in lines[start:end]]
     if _language(info) in PYTHON_LANGS:
-      body = [_dedent_line(line, indent) for line in lines[start:end]]
       dropped = 0
       if info.strip().startswith("{"):
         body, dropped = _strip_directive_options(body)
-      blocks.append(CodeBlock(path=path, line=start + 1 + dropped,
+      blocks.append(CodeBlock(path=path, line=first_line + start + dropped,
                               code="\n".join(body) + "\n",
                               skip_reason=_skip_reason(lines, i)))
+    elif _is_markdown_directive(info):
+      blocks += parse_blocks("\n".join(body), path, first_line + start)
     i = end + 1
   return blocks
+
+
+def _is_markdown_directive(info: str) -> bool:
+  match = re.match(r"^\{([\w-]+)\}", info.strip())
+  return bool(match) and match.group(1) not in NON_MARKDOWN_DIRECTIVES
 
 
 def _dedent_line(line: str, indent: int) -> str:
@@ -264,6 +280,15 @@ def test_parse_blocks_order_lines_markers_and_nesting():
       "",                              # 25
       "e = 3",                         # 26
       "```",                           # 27
+      "````{note}",                    # 28
+      "A note with code:",             # 29
+      "```python",                     # 30
+      "f = 4",                         # 31
+      "```",                           # 32
+      "````",                          # 33
+      "```{math}",                     # 34
+      "```python",                     # 35 (not a fence inside math)
+      "```",                           # 36
   ])
   blocks = parse_blocks(text, pathlib.Path("page.md"))
   assert [(b.line, b.code, b.skip_reason) for b in blocks] == [
@@ -271,6 +296,7 @@ def test_parse_blocks_order_lines_markers_and_nesting():
       (8, "b = 2\n", "needs a TPU"),
       (20, "c = a + 1\n  d = 0\n", None),
       (26, "e = 3\n", None),
+      (31, "f = 4\n", None),
   ]
 
 
