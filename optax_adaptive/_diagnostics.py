@@ -59,9 +59,10 @@ MONITORED_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "AdasState": (
         "adas",
-        ("epoch", "lr", "lr_scale", "gain", "g_prev", "input_condition",
-         "output_condition", "mapping_condition"),
+        ("epoch", "layer_lr", "fc_lr", "gain", "input_gain", "output_gain",
+         "input_condition", "output_condition"),
     ),
+    "AdasEarlyStopState": ("adas_early_stop", ("best_loss", "wait")),
 }
 
 # Cap on the size of an array reported by the fallback rule.
@@ -209,9 +210,11 @@ def diagnostics(opt_state: Any) -> dict[str, jax.Array]:
   ``labpal``                ``labpal/labpal_learning_rate``,
                             ``labpal_step_length``, ``updates_done``,
                             ``pending``, ``info.raw_step``, ``info.status``
-  ``adas``                  ``adas/epoch``, ``lr`` (per layer group),
-                            ``g_prev`` (per conv layer gain) and the mapping
-                            conditions the state holds
+  ``adas``                  ``adas/epoch``, ``layer_lr`` (per conv layer,
+                            in the order of ``adas_layer_names(state)``),
+                            ``fc_lr``, ``gain``, ``input_gain``,
+                            ``output_gain``, ``input_condition``,
+                            ``output_condition`` (mapping conditions)
   ========================  ===============================================
 
   When a method appears more than once, its keys get an index suffix in

@@ -37,7 +37,9 @@ EXPECTED_KEYS = {
     "labpal": {"labpal/labpal_learning_rate", "labpal/labpal_step_length",
                "labpal/updates_done", "labpal/pending",
                "labpal/info.raw_step", "labpal/info.status"},
-    "adas": {"adas/epoch", "adas/lr", "adas/g_prev"},
+    "adas": {"adas/epoch", "adas/layer_lr", "adas/fc_lr", "adas/gain",
+             "adas/input_gain", "adas/output_gain", "adas/input_condition",
+             "adas/output_condition"},
     "cprop_autodrop": CPROP | AUTODROP,
 }
 
@@ -195,3 +197,17 @@ def test_unlisted_library_state_reports_small_float_fields():
                        buffer=jnp.ones((4, 4)), inner={"x": jnp.ones(2)})
   out = diagnostics((*optax.chain(optax.sgd(1.0)).init(PARAMS), state))
   assert set(out) == {"future/lr_vector"}
+
+
+def test_adas_per_layer_values_after_an_epoch_end():
+  adas = T.public_or_private("adas", "_adas")
+  end_epoch = T.public_or_private("adas_end_epoch", "_adas")
+  tx = adas(learning_rate=0.1)
+  state = jax.jit(end_epoch)(tx.init(PARAMS), PARAMS)
+  out = diagnostics(state)
+  assert out["adas/layer_lr"].shape == (1,)  # one conv layer
+  np.testing.assert_allclose(out["adas/layer_lr"], [0.1], rtol=1e-6)
+  assert int(out["adas/epoch"]) == 1
+  early = T.public_or_private("adas_early_stop_init", "_adas")()
+  assert set(diagnostics((state, early))) >= {
+      "adas_early_stop/best_loss", "adas_early_stop/wait"}

@@ -31,7 +31,7 @@ BUDGETS = {
     "cprop_autodrop": (60, "autodrop/n_drops"),
     "pal": (30, "pal/pal_learning_rate"),
     "labpal": (40, "labpal/labpal_step_length"),
-    "adas": (12, "adas/lr"),
+    "adas": (12, "adas/layer_lr"),
 }
 
 # Public names the examples use -> private module, while the lead has not
