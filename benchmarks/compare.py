@@ -94,6 +94,65 @@ def summarize(task: task_registry.Task, records: dict[str, list[dict]],
   return "\n".join(lines) + "\n"
 
 
+def _mean_of(runs, key):
+  values = [r[key] for r in runs if r[key] is not None]
+  return (float(np.mean(values)), len(values)) if values else (None, 0)
+
+
+def _acc(runs):
+  values = 100 * np.array([r["final_test_acc"] for r in runs])
+  return values.mean(), values.std()
+
+
+def claims(records: dict[str, list[dict]]) -> str:
+  """The papers' claims (issue 7 §2) next to what these runs show."""
+  lines = []
+
+  def have(*names):
+    return all(n in records for n in names)
+
+  for base, cp in (("sgd", "cprop-sgd"), ("adam", "cprop-adam")):
+    if not have(base, cp):
+      continue
+    b, nb = _mean_of(records[base], "steps_to_target_loss")
+    c, nc = _mean_of(records[cp], "steps_to_target_loss")
+    n = len(records[base])
+    if b is None or c is None:
+      lines.append(f"- CProp ({cp} vs {base}): target loss reached by "
+                   f"{nb}/{n} {base} runs and {nc}/{n} {cp} runs; no ratio.")
+    else:
+      lines.append(f"- CProp ({cp} vs {base}): {c:.0f} vs {b:.0f} steps to "
+                   f"the target training loss, {b / c:.2f}x fewer "
+                   f"(paper: about 1.35-1.45x).")
+  tuned = records.get("sgd-step")
+  if tuned is not None:
+    ref, ref_std = _acc(tuned)
+    ref_steps, _ = _mean_of(tuned, "steps_to_target_acc")
+    for name, claim in (
+        ("adas", "matches or beats the tuned step schedule"),
+        ("autodrop-sgd", "within 0.5 points of the tuned step schedule"),
+        ("autodrop-adam", "within 0.5 points of the tuned step schedule"),
+        ("labpal", "on par with tuned SGD"),
+        ("pal", "(no claim; PAL for reference)"),
+    ):
+      if name not in records:
+        continue
+      acc, std = _acc(records[name])
+      steps, reached = _mean_of(records[name], "steps_to_target_acc")
+      when = ("never reaches the target accuracy" if steps is None else
+              f"reaches the target accuracy after {steps:.0f} steps "
+              f"({reached}/{len(records[name])} seeds)")
+      ref_when = ("never" if ref_steps is None else f"{ref_steps:.0f}")
+      lines.append(
+          f"- {name}: claim {claim}. Final test accuracy {acc:.2f} ± "
+          f"{std:.2f} vs sgd-step {ref:.2f} ± {ref_std:.2f} "
+          f"(difference {acc - ref:+.2f} points); {when} (sgd-step: "
+          f"{ref_when}).")
+  if not lines:
+    return ""
+  return "\nClaims checked on this task:\n\n" + "\n".join(lines) + "\n"
+
+
 def _machine() -> str:
   return (f"{platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPU cores visible, python "
@@ -154,7 +213,7 @@ def run_task(task, names, *, seeds, epochs, out, plots=True, log=print):
         log(f"[{task.name}] FAILED {name}: {skipped[name]}")
         bar.update(seeds * epochs - (bar.n % (seeds * epochs or 1)))
   elapsed = time.perf_counter() - start
-  table = summarize(task, records, skipped, epochs, seeds)
+  table = summarize(task, records, skipped, epochs, seeds) + claims(records)
   (task_dir / "table.md").write_text(table)
   (task_dir / "summary.json").write_text(json.dumps({
       "task": task.name, "epochs": epochs, "seeds": seeds,

@@ -159,11 +159,23 @@ def _trace_library(state: State) -> dict[str, jax.Array]:
       out[f"{key}.max"] = jnp.max(value)
     else:
       out[key] = value.reshape(())
+  # AdaS's per-layer rates (not among the diagnostics keys of every version).
+  for field in ("layer_lr", "fc_lr"):
+    for value in _find(state, field)[:1]:
+      value = jnp.asarray(value, jnp.float32)
+      if value.size > 1:
+        out[f"adas/{field}.mean"] = jnp.mean(value)
+        out[f"adas/{field}.min"] = jnp.min(value)
+        out[f"adas/{field}.max"] = jnp.max(value)
+      elif value.size == 1:
+        out[f"adas/{field}"] = value.reshape(())
   return out
 
 
 def _trace_plateau(base_lr: float):
-  return _trace_fields("scale", scale=base_lr)
+  def trace(state):
+    return {"learning_rate": base_lr * _scalar(_find(state, "scale")[0])}
+  return trace
 
 
 def _trace_dog(state: State) -> dict[str, jax.Array]:
@@ -320,11 +332,12 @@ _SPECS = [
         f"cprop_adam(lr {ADAM_LR}), CProp defaults",
         trace=_trace_library, requires=(("_cprop", "cprop_adam"),)),
     OptimizerSpec(
-        "adas", "library",
-        lambda spe, total: _lib("_adas", "adas")(steps_per_epoch=spe),
-        "adas(steps_per_epoch) at its defaults (lr 0.03, beta 0.8, "
-        "momentum 0.9, weight decay 5e-4)",
-        trace=_trace_library, requires=(("_adas", "adas"),)),
+        "adas", "library", lambda spe, total: _lib("_adas", "adas")(),
+        "adas() at its defaults (lr 0.03, beta 0.8, momentum 0.9, weight "
+        "decay 5e-4), adas_end_epoch after every epoch",
+        epoch_end=_lib("_adas", "adas_end_epoch"),
+        trace=_trace_library,
+        requires=(("_adas", "adas"), ("_adas", "adas_end_epoch"))),
     OptimizerSpec(
         "autodrop-sgd", "library",
         lambda spe, total: optax.chain(

@@ -50,7 +50,7 @@ TASKS: dict[str, Task] = {
         make_model=lambda rngs: models.CNN1D(channels=64, rngs=rngs),
         batch_size=100,
         epochs=40,
-        default_epochs=40,
+        default_epochs=20,
         target_loss=0.1,
         target_acc=0.95,
         description=(

@@ -1,0 +1,76 @@
+"""Smoke test of the benchmark harness (benchmarks/compare.py and friends).
+
+Tiny on purpose: the digits task, one epoch, two optimizers, one seed.
+"""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from flax import nnx
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+pytest.importorskip("tqdm")
+
+from benchmarks import compare, models, train
+from benchmarks import optimizers as registry
+from benchmarks import tasks as task_registry
+
+
+@pytest.fixture(name="tiny_digits")
+def fixture_tiny_digits(monkeypatch):
+  task = dataclasses.replace(
+      task_registry.get_task("digits"), name="tiny-digits",
+      make_model=lambda rngs: models.CNN2D(channels=8, rngs=rngs))
+  monkeypatch.setitem(task_registry.TASKS, task.name, task)
+  return task
+
+
+def test_compare_writes_json_table_and_plots(tmp_path, tiny_digits,
+                                             monkeypatch):
+  missing = registry.OptimizerSpec(
+      "not-there", "library", lambda spe, total: None, "missing module",
+      requires=(("_no_such_module", "nothing"),))
+  monkeypatch.setitem(registry.REGISTRY, missing.name, missing)
+  assert registry.availability(missing) is not None
+
+  compare.main(["--task", tiny_digits.name, "--optimizers",
+                "sgd-step,prodigy,not-there", "--epochs", "1", "--seeds", "1",
+                "--out", str(tmp_path)])
+
+  out = tmp_path / tiny_digits.name
+  record = json.loads((out / "sgd-step_seed0.json").read_text())
+  assert record["epochs"] == 1
+  assert record["steps_per_epoch"] == 1294 // 64
+  assert 0.0 <= record["final_test_acc"] <= 1.0
+  assert record["final_test_acc"] > 0.2  # learns something in one epoch
+  assert np.isfinite(record["final_train_loss"])
+  assert "learning_rate" in record["trace"]
+  assert (out / "prodigy_seed0.json").exists()
+  table = (out / "table.md").read_text()
+  assert "| sgd-step | baseline |" in table
+  assert "| prodigy | lr-free |" in table
+  assert "| not-there | library | skipped:" in table  # never silently dropped
+  for png in ("train_loss.png", "test_acc.png", "traces.png"):
+    assert (out / png).stat().st_size > 0
+
+
+def test_training_is_deterministic_per_seed(tiny_digits):
+  trainer = train.Trainer(tiny_digits, registry.get("sgd"), epochs=1)
+  first, again, other = trainer.run(0), trainer.run(0), trainer.run(1)
+  assert first["curves"] == again["curves"]
+  assert first["curves"] != other["curves"]
+
+
+def test_conv_matches_nnx_conv():
+  for kernel_size, strides, shape in [((3,), (2,), (2, 7, 3)),
+                                      ((3, 3), (2, 2), (2, 7, 9, 3))]:
+    ours = models.Conv(shape[-1], 4, kernel_size, strides, rngs=nnx.Rngs(0))
+    ref = nnx.Conv(shape[-1], 4, kernel_size=kernel_size, strides=strides,
+                   rngs=nnx.Rngs(0))
+    ref.bias[...] = ours.bias[...] = np.arange(4.0)
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    np.testing.assert_allclose(ours(x), ref(x), atol=1e-5)
+    np.testing.assert_array_equal(ours.kernel[...], ref.kernel[...])
