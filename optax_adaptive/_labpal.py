@@ -237,14 +237,15 @@ def scale_by_pal(
 
   def init_fn(params: optax.Params) -> ScaleByPalState:
     dtype = _scalar_dtype(params)
-    zero = jnp.zeros((), dtype)
+    # A fresh buffer per field, so that the state can be donated.
+    zero = lambda: jnp.zeros((), dtype)
     return ScaleByPalState(
-        pal_learning_rate=zero,
-        pal_step_length=zero,
+        pal_learning_rate=zero(),
+        pal_step_length=zero(),
         info=PalInfo(
-            value_mu=zero,
-            curvature=zero,
-            slope=zero,
+            value_mu=zero(),
+            curvature=zero(),
+            slope=zero(),
             case=jnp.zeros((), jnp.int32),
             fit_failed=jnp.zeros((), jnp.bool_),
         ),
@@ -632,28 +633,29 @@ def scale_by_labpal(
 
   def init_fn(params: optax.Params) -> ScaleByLabpalState:
     dtype = _scalar_dtype(params)
-    zero = jnp.zeros((), dtype)
-    int_zero = jnp.zeros((), jnp.int32)
+    # A fresh buffer per field, so that the state can be donated.
+    zero = lambda: jnp.zeros((), dtype)
+    int_zero = lambda: jnp.zeros((), jnp.int32)
     return ScaleByLabpalState(
         updates_done=jnp.full((), -1, jnp.int32),
-        since_measure=int_zero,
+        since_measure=int_zero(),
         pending=jnp.ones((), jnp.bool_),
         have_estimate=jnp.zeros((), jnp.bool_),
-        labpal_step_length=zero,
-        labpal_learning_rate=zero,
+        labpal_step_length=zero(),
+        labpal_learning_rate=zero(),
         hist_step=jnp.zeros((avg_window,), dtype),
         hist_lr=jnp.zeros((avg_window,), dtype),
-        hist_count=int_zero,
-        hist_index=int_zero,
+        hist_count=int_zero(),
+        hist_index=int_zero(),
         momentum=_common.stats_zeros_like(params) if use_momentum else None,
         info=LabpalInfo(
-            value0=zero,
-            value_h=zero,
-            value_mu=zero,
-            curvature=zero,
-            slope=zero,
-            raw_step=zero,
-            status=int_zero,
+            value0=zero(),
+            value_h=zero(),
+            value_mu=zero(),
+            curvature=zero(),
+            slope=zero(),
+            raw_step=zero(),
+            status=int_zero(),
             fit_failed=jnp.zeros((), jnp.bool_),
         ),
     )

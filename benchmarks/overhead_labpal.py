@@ -1,0 +1,110 @@
+# Copyright 2026 The optax_adaptive Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+# ==============================================================================
+"""PAL's and LABPAL's cost per weight update against plain SGD.
+
+Full jitted train steps of the mnist1d CNN (:class:`benchmarks.models.CNN1D`,
+batch 128), timed interleaved with an ``optax.sgd`` step:
+
+* PAL: 1 forward-backward + 1 forward pass per update;
+* LABPAL training step: 1 forward-backward (the measurement branch of the
+  ``lax.cond`` is not executed);
+* LABPAL measuring step (forced on every call with ``reuse_steps=1``):
+  1 forward-backward + 3M forwards (M = 10 mini-batches);
+* LABPAL amortised over ``reuse_steps=1000`` updates, computed from the two.
+
+Run through ``python -m benchmarks.overhead --methods labpal``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks import _timing, data
+from optax_adaptive import _labpal as oa  # public as optax_adaptive.pal etc.
+
+PAL_TARGET = 1.4
+LABPAL_AMORTISED_TARGET = 1.05
+APPROX_BATCHES = 10
+REUSE_STEPS = 1000
+
+
+def _pal_kwargs(params, batch, loss, grads, loss_fn):
+  del params
+  return dict(value=loss, grad=grads, value_fn=loss_fn, batch=batch)
+
+
+def _labpal_kwargs_fn(batch_size: int, seed: int = 1):
+  """LABPAL's kwargs: the step's batch followed by M - 1 other batches.
+
+  The other batches are device-resident constants; the step's own batch
+  comes first (spec §7.3, §9.2).
+  """
+  ds = data.mnist1d()
+  idx = np.random.default_rng(seed).permutation(len(ds.y_train))
+  idx = idx[: (APPROX_BATCHES - 1) * batch_size].reshape(
+      APPROX_BATCHES - 1, batch_size)
+  other_x = jax.device_put(ds.x_train[idx])
+  other_y = jax.device_put(ds.y_train[idx])
+
+  def kwargs_fn(params, batch, loss, grads, loss_fn):
+    del params
+    x, y = batch
+    approx = (jnp.concatenate([x[None], other_x]),
+              jnp.concatenate([y[None], other_y]))
+    return dict(value=loss, grad=grads, value_fn=loss_fn,
+                approx_batch={"batch": approx})
+
+  return kwargs_fn
+
+
+def rows(quick: bool) -> list[dict]:
+  batch_size = 128
+  labpal_kwargs = _labpal_kwargs_fn(batch_size)
+  fns = {
+      "optax.sgd": _timing.mnist1d_train_step(optax.sgd(0.1), batch_size),
+      "pal": _timing.mnist1d_train_step(
+          oa.pal(), batch_size, update_kwargs_fn=_pal_kwargs),
+      "labpal train": _timing.mnist1d_train_step(
+          oa.labpal(reuse_steps=REUSE_STEPS), batch_size,
+          update_kwargs_fn=labpal_kwargs),
+      "labpal measure": _timing.mnist1d_train_step(
+          oa.labpal(reuse_steps=1), batch_size,
+          update_kwargs_fn=labpal_kwargs),
+  }
+  ms = _timing.interleaved_ms(fns, rounds=5 if quick else 15,
+                              min_round_s=0.1 if quick else 0.25)
+  base = ms["optax.sgd"]
+  amortised = (
+      (REUSE_STEPS - 1) * ms["labpal train"] + ms["labpal measure"]
+  ) / REUSE_STEPS
+  m = APPROX_BATCHES
+  task = f"mnist1d CNN1D b={batch_size}"
+
+  def row(method, case, time_ms, target):
+    return {"method": method, "case": f"{case}, {task}", "time_ms": time_ms,
+            "base": "optax.sgd", "base_ms": base, "ratio": time_ms / base,
+            "target": target}
+
+  return [
+      row("pal", "train step (1 FB + 1 F)", ms["pal"], PAL_TARGET),
+      row("labpal", "training step (1 FB)", ms["labpal train"], None),
+      row("labpal", f"measuring step (1 FB + {3 * m} F, M={m})",
+          ms["labpal measure"], None),
+      row("labpal", f"amortised over {REUSE_STEPS} updates", amortised,
+          LABPAL_AMORTISED_TARGET),
+  ]
