@@ -24,14 +24,14 @@ import optax_adaptive as oa
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "docs" / "examples"
 
-# name -> (steps, a key main()'s diagnostics must hold)
+# name -> (main()'s tiny-budget kwargs, a key its diagnostics must hold)
 BUDGETS = {
-    "cprop": (40, "cprop/mean_scale"),
-    "autodrop": (60, "autodrop/lr_scale"),
-    "cprop_autodrop": (60, "autodrop/n_drops"),
-    "pal": (30, "pal/pal_learning_rate"),
-    "labpal": (40, "labpal/labpal_step_length"),
-    "adas": (12, "adas/layer_lr"),
+    "cprop": (dict(steps=40), "cprop/mean_scale"),
+    "autodrop": (dict(steps=60), "autodrop/lr_scale"),
+    "cprop_autodrop": (dict(steps=60), "autodrop/n_drops"),
+    "pal": (dict(steps=30), "pal/pal_learning_rate"),
+    "labpal": (dict(steps=40), "labpal/labpal_step_length"),
+    "adas": (dict(steps=24, steps_per_epoch=4), "adas/layer_lr"),
 }
 
 # Public names the examples use -> private module, while the lead has not
@@ -45,6 +45,7 @@ _PRIVATE = {
     "labpal": "_labpal",
     "nnx_value_fn": "_flax_utils",
     "adas": "_adas",
+    "adas_layer_names": "_adas",
 }
 
 
@@ -81,10 +82,10 @@ def test_example_trains(name, public_names, capsys):
     module = _load(name)
   except AttributeError as e:
     pytest.skip(f"{name}: library name missing: {e}")
-  steps, key = BUDGETS[name]
-  out = module.main(steps=steps)
+  kwargs, key = BUDGETS[name]
+  out = module.main(**kwargs)
   losses = np.asarray(out["losses"])
-  assert losses.shape == (steps,)
+  assert losses.shape == (kwargs["steps"],)
   assert np.all(np.isfinite(losses))
   assert losses[-5:].mean() < losses[0], losses
   assert key in out["diagnostics"]
