@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import pathlib
 
 import numpy as np
 
@@ -35,6 +37,46 @@ def _split_validation(x, y, val_fraction: float, seed: int):
   n_val = round(len(y) * val_fraction)
   val, train = order[:n_val], order[n_val:]
   return x[train], y[train], x[val], y[val]
+
+
+def _cache_dir() -> pathlib.Path:
+  return pathlib.Path(os.environ.get(
+      "OPTAX_ADAPTIVE_CACHE",
+      pathlib.Path.home() / ".cache" / "optax_adaptive"))
+
+
+def _mnist1d_raw(num_samples: int, seed: int) -> dict[str, np.ndarray]:
+  """mnist1d's generated arrays, cached on disk (generation takes seconds)."""
+  from importlib.metadata import version
+
+  from mnist1d.data import get_dataset_args, make_dataset
+
+  path = _cache_dir() / (
+      f"mnist1d-{version('mnist1d')}-n{num_samples}-seed{seed}.npz")
+  keys = ("x", "y", "x_test", "y_test")
+  try:
+    with np.load(path) as cached:
+      return {k: cached[k] for k in keys}
+  except (OSError, KeyError, ValueError):
+    pass
+  args = get_dataset_args()
+  args.num_samples = num_samples
+  args.seed = seed
+  # make_dataset reseeds the global generator; restore it afterwards.
+  state = np.random.get_state()  # noqa: NPY002
+  try:
+    raw = make_dataset(args)
+  finally:
+    np.random.set_state(state)  # noqa: NPY002
+  raw = {k: np.asarray(raw[k]) for k in keys}
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, **raw)
+    os.replace(tmp, path)
+  except OSError:
+    pass  # a read-only home only costs the regeneration
+  return raw
 
 
 @functools.cache

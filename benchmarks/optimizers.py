@@ -40,7 +40,7 @@ from optax import contrib
 TUNE_LRS = (0.01, 0.03, 0.1, 0.3)
 TUNE_DROPS = ((0.5, 0.75), (0.75,))
 SGD_LR = 0.1           # tuned: sgd-step initial learning rate
-STEP_DROPS = (0.5, 0.75)  # tuned: x0.1 at these fractions of the epochs
+STEP_DROPS = (0.75,)   # tuned: x0.1 at these fractions of the epochs
 COSINE_LR = 0.1        # tuned: sgd-cosine peak learning rate
 
 MOMENTUM = 0.9
