@@ -72,23 +72,29 @@ def _state_zeros_like(params: optax.Params, state_dtype: Any) -> optax.Params:
   return jax.tree.map(lambda x: jnp.zeros_like(x, dtype=state_dtype), params)
 
 
-def _tree_sum_products(a: optax.Updates, b: optax.Updates) -> jax.Array:
-  """``<a, b>`` over all leaves as a fusible multiply-reduce (≥ float32)."""
+def _tree_sum_products(
+    a: optax.Updates, b: optax.Updates, axis_name: Hashable | None
+) -> jax.Array:
+  """``<a, b>`` over all leaves (≥ float32), summed over ``axis_name``.
+
+  A multiply-reduce per leaf that XLA fuses with the computation of ``a``.
+  """
   parts = [
       jnp.sum(x * y, dtype=_common.stats_dtype(x.dtype))
       for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
   ]
-  return sum(parts[1:], parts[0]) if parts else jnp.zeros([], jnp.float32)
+  total = sum(parts[1:], parts[0]) if parts else jnp.zeros([], jnp.float32)
+  if axis_name is not None:
+    total = jax.lax.psum(total, axis_name)  # spec §5 (model-parallel shards)
+  return total
 
 
 def _displacement_dots(
     s: optax.Updates, s_prev: optax.Updates, axis_name: Hashable | None
 ) -> tuple[jax.Array, jax.Array]:
   """``<s, s_prev>`` and ``|s|²``, summed over ``axis_name`` if given."""
-  dots = jnp.stack([_tree_sum_products(s, s_prev), _tree_sum_products(s, s)])
-  if axis_name is not None:
-    dots = jax.lax.psum(dots, axis_name)  # spec §5 (model-parallel shards)
-  return dots[0], dots[1]
+  return (_tree_sum_products(s, s_prev, axis_name),
+          _tree_sum_products(s, s, axis_name))
 
 
 def angular_velocity_degrees(
@@ -182,11 +188,9 @@ class AutoDropState(NamedTuple):
 
 
 class _Detector(NamedTuple):
-  """The part of :class:`AutoDropState` that changes only at window ends."""
+  """The scalars of :class:`AutoDropState` that change at window ends."""
 
   n_means: jax.Array
-  prev_mean: optax.Params
-  prev_displacement: optax.Updates
   prev_sq_norm: jax.Array
   omega_buffer: jax.Array
   buffer_len: jax.Array
@@ -331,19 +335,18 @@ def autodrop(
         n_drops=jnp.zeros([], jnp.int32),
     )
 
-  def window_end(det: _Detector, params, mean_offset) -> _Detector:
-    """Mean, displacement, angle, smoothing and the drop test (spec §1.2)."""
-    if average_window:
-      endpoint_offset = mean_offset  # y_i = x_last - offset (Def. 3.3)
-    else:
-      endpoint_offset = jax.tree.map(jnp.zeros_like, det.prev_mean)
-    disp = jax.tree.map(
-        lambda x, o, y: (x.astype(y.dtype) - o) - y,
-        params, endpoint_offset, det.prev_mean)  # s_i = y_i - y_{i-1}
+  def centred_mean(params, mean_offset, prev_mean):
+    """``s_i = y_i - y_{i-1}`` with ``y_i = x_last - offset`` (Def. 3.3)."""
+    if not average_window:  # endpoint snapshots
+      return jax.tree.map(lambda x, y: x.astype(y.dtype) - y, params,
+                          prev_mean)
+    return jax.tree.map(lambda x, o, y: (x.astype(y.dtype) - o) - y,
+                        params, mean_offset, prev_mean)
+
+  def detect(det: _Detector, dot, sq_norm) -> _Detector:
+    """Angle, smoothing and the drop test at a window end (spec §1.2)."""
     valid = det.n_means >= 2  # s_{i-1} is a mean-to-mean displacement
-    dot, sq_norm = _displacement_dots(disp, det.prev_displacement, axis_name)
     omega = angular_velocity_degrees(dot, sq_norm, det.prev_sq_norm, eps)
-    mean = jax.tree.map(jnp.add, det.prev_mean, disp)  # y_i
     buffer = jnp.where(valid, _push(det.omega_buffer, omega), det.omega_buffer)
     buffer_len = det.buffer_len + valid.astype(jnp.int32)
     smoothed = valid & (buffer_len >= buffer_size)  # ≥ m (spec §1.5)
@@ -364,8 +367,6 @@ def autodrop(
       has_smoothed &= ~drop
     return _Detector(
         n_means=jnp.minimum(det.n_means + 1, 2).astype(jnp.int32),
-        prev_mean=mean,
-        prev_displacement=disp,
         prev_sq_norm=sq_norm.astype(jnp.float32),
         omega_buffer=buffer,
         buffer_len=buffer_len,
@@ -397,11 +398,33 @@ def autodrop(
           state.mean_offset, updates)
     else:
       mean_offset = ()
+    # Window end, in two in-place passes over the buffers (a lax.cond would
+    # copy them on every step): the first only reads them, for <s_i, s_{i-1}>;
+    # the second writes s_i and y_i in place, then takes |s_i|² and decides.
+    # Depending on the first's result orders the two, so XLA needs no
+    # params-sized copies.
+    dot = _run_if(
+        is_end,
+        lambda _: _tree_sum_products(
+            centred_mean(params, mean_offset, state.prev_mean),
+            state.prev_displacement, axis_name),
+        jnp.zeros([], _common.widest_float_dtype(state.prev_mean)))
+
+    def advance(carry):
+      det, (prev_mean, _) = carry
+      disp = centred_mean(params, mean_offset, prev_mean)  # s_i
+      sq_norm = _tree_sum_products(disp, disp, axis_name)
+      mean = jax.tree.map(jnp.add, prev_mean, disp)  # y_i
+      return detect(det, dot, sq_norm), (mean, disp)
+
     det = _Detector(*(getattr(state, f) for f in _Detector._fields))
-    det = _run_if(is_end, lambda d: window_end(d, params, mean_offset), det)
+    det, (prev_mean, prev_disp) = _run_if(
+        is_end, advance, (det, (state.prev_mean, state.prev_displacement)))
     new_state = state._replace(
         window_step=jnp.where(is_end, 0, step + 1).astype(jnp.int32),
         mean_offset=mean_offset,
+        prev_mean=prev_mean,
+        prev_displacement=prev_disp,
         **det._asdict(),
     )
     return updates, new_state
@@ -544,7 +567,8 @@ def autodrop_v1(
     disp = jax.tree.map(jnp.subtract, snap, state.prev_snapshot)  # s_e
     has_omega = state.n_snapshots >= 2
     has_delta = state.n_snapshots >= 3
-    dot, sq_norm = _displacement_dots(disp, state.prev_displacement, axis_name)
+    dot, sq_norm = _displacement_dots(disp, state.prev_displacement,
+                                      axis_name)
     omega = angular_velocity_degrees(dot, sq_norm, state.prev_sq_norm, eps)
     delta = omega - state.prev_omega
     saturated = has_delta & (-state.theta < delta) & (delta < state.theta)
