@@ -561,7 +561,7 @@ def test_pmap_data_parallel_matches_single_device():
     pytest.skip("needs 8 devices")
   tx = optax.chain(optax.sgd(0.1, momentum=0.9),
                    autodrop(window_size=2, buffer_size=3, drop_factor=0.5))
-  dim, steps = 16, 120
+  dim, steps = 16, 60
   keys = jax.random.split(jax.random.key(0), steps * n).reshape(steps, n)
 
   def step(x, state, key):
@@ -605,7 +605,7 @@ def test_shard_map_model_parallel_matches_single_device(factory):
                        axis_types=(jax.sharding.AxisType.Explicit,))
   tx_single = optax.chain(optax.sgd(0.1, momentum=0.9), factory())
   tx_split = optax.chain(optax.sgd(0.1, momentum=0.9), factory(axis_name="x"))
-  dim, steps = 8 * n, 100
+  dim, steps = 8 * n, 60
   keys = jax.random.split(jax.random.key(3), steps)
 
   def run(tx, update):
@@ -689,7 +689,7 @@ def test_flax_nnx_training_loop():
 
   key = jax.random.key(0)
   losses = []
-  for i in range(150):
+  for i in range(80):
     kx, ky = jax.random.split(jax.random.fold_in(key, i))
     x = jax.random.normal(kx, (32, 4))
     y = x @ w_true + 0.5 * jax.random.normal(ky, (32,))
