@@ -110,8 +110,8 @@ def _check(tmp_path, names, mode):
     if mode == "single":
       _utils.assert_trees_all_equal(resumed, expected[name], err_msg=name)
     else:
-      _utils.assert_trees_all_close(resumed, expected[name], rtol=1e-4,
-                                    atol=1e-5, err_msg=name)
+      _utils.assert_trees_all_close(resumed, expected[name], err_msg=name,
+                                    **T.tolerance(name))
 
 
 def test_resume_in_fresh_process_is_bit_exact(tmp_path):

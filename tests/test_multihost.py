@@ -4,8 +4,8 @@ The test launches two ``tests/_multihost_worker.py`` processes on localhost
 that join one job through :func:`jax.distributed.initialize` (gloo CPU
 collectives), train the CNN with every method over the 8-device global mesh
 and write the result. It must match the single-process 8-device run of the
-same code within float32 tolerance (rtol=1e-4, atol=1e-5: only the order of
-the cross-process reductions differs). Processes are always killed on exit,
+same code within float32 tolerance (``_cnn_tasks.tolerance``: only the order
+of the cross-process reductions differs). Processes are always killed on exit,
 and every wait is bounded.
 """
 
@@ -123,5 +123,5 @@ def test_two_processes_match_single_process(tmp_path, fsdp):
         (out["params"], out["state"], out["losses"]))]
     with np.load(tmp_path / f"{name}.npz") as f:
       got = [f[f"arr_{i}"] for i in range(len(f.files))]
-    _utils.assert_trees_all_close(got, expected, rtol=1e-4, atol=1e-5,
-                                  err_msg=name)
+    _utils.assert_trees_all_close(got, expected, err_msg=name,
+                                  **T.tolerance(name))
