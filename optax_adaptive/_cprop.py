@@ -34,15 +34,6 @@ from optax_adaptive import _common
 
 CDFS = ("normal", "bft", "bfo", "logistic")
 
-# h/2 of Bowling et al.'s two-term approximation h = 0.07056 z³ + 1.5976 z,
-# written as |z| (a z² + b) so that tanh(h/2) needs one cube-free polynomial.
-_BFT_A = 0.07056 / 2
-_BFT_B = 1.5976 / 2
-_BFO_HALF = 1.702 / 2
-_LOGISTIC_HALF = math.pi / (2 * math.sqrt(3))
-_INV_SQRT2 = 1 / math.sqrt(2)
-
-
 class CPropState(NamedTuple):
   """State of :func:`cprop`."""
 
@@ -80,7 +71,13 @@ def _check_cprop_hyperparams(beta: Any, c: Any, eps: Any, eps_name: str,
 
 
 class _Constants(NamedTuple):
-  """Per-step scalars of §1.2, computed once per dtype instead of per entry."""
+  """Per-step scalars of §1.2, computed once per dtype instead of per entry.
+
+  The literals of the formulas live here too, so that the mean-scale
+  reduction can use copies that XLA does not share with the update loop: on
+  CPU, a scalar broadcast shared by a loop fusion and a reduction fusion is
+  materialised at full size.
+  """
 
   beta: jax.Array
   one_minus_beta: jax.Array
@@ -88,9 +85,22 @@ class _Constants(NamedTuple):
   inv_dof: jax.Array  # 1 / (max(n_t - 1, 0) + ε), or 0 while n_t - 1 == 0
   eps: jax.Array
   c: jax.Array
+  zero: jax.Array
+  one: jax.Array
+  cdf_a: jax.Array  # 2|P - ½| = F(|z| (cdf_a z² + cdf_b)), F = erf or tanh
+  cdf_b: jax.Array
 
 
-def _constants(count: jax.Array, beta: Any, c: Any, eps: Any,
+# (cdf_a, cdf_b) per CDF (§1.3): bft is tanh((0.07056 z³ + 1.5976 z) / 2).
+_CDF_COEFFICIENTS = {
+    "normal": (0.0, 1 / math.sqrt(2)),  # erf(z / √2)
+    "bft": (0.07056 / 2, 1.5976 / 2),
+    "bfo": (0.0, 1.702 / 2),
+    "logistic": (0.0, math.pi / (2 * math.sqrt(3))),
+}
+
+
+def _constants(count: jax.Array, beta: Any, c: Any, eps: Any, cdf: str,
                dtype: jnp.dtype) -> _Constants:
   """Bias correction and the Bessel divisor with the step-1 guards of §5.2.
 
@@ -105,41 +115,44 @@ def _constants(count: jax.Array, beta: Any, c: Any, eps: Any,
   # n_t - 1 = β (1 - β^{t-1}) / (1 - β) = Σ_{k=1}^{t-1} β^k, §5.2 (b).
   n_minus_1 = beta * (one - beta ** (count - 1)) / one_minus_beta
   eps = jnp.asarray(eps).astype(dtype)
-  dof = jnp.maximum(n_minus_1, 0) + eps
+  dof = jnp.maximum(n_minus_1, 0) + eps  # max(n - 1, 0) + ε, §5.2
   # §5.2 (a): σ̂² := 0 at t = 1 (and whenever n - 1 == 0, i.e. β == 0).
   has_spread = (count > 1) & (n_minus_1 > 0)
   inv_dof = jnp.where(has_spread, one / jnp.where(has_spread, dof, one), 0)
   # se >= ε > 0; the floor only matters for eps == 0, where it turns the
   # 0/0 of an all-zero gradient into z = 0 (s = 0) instead of NaN.
   se_eps = jnp.maximum(eps, jnp.finfo(dtype).tiny)
-  return _Constants(beta, one_minus_beta, one / bias_correction, inv_dof,
-                    se_eps, jnp.asarray(c).astype(dtype))
-
-
-def _conformity(abs_z: jax.Array, cdf: str) -> jax.Array:
-  """2 |P - ½| for P = Pr[X < 0], X ~ N(m̂, se²), from |z| = |m̂| / se (§1.3).
-
-  Odd CDF approximations make 2 |P - ½| = |erf(z/√2)| or |tanh(h(z)/2)|; the
-  tanh/erf forms keep relative accuracy for tiny z (§5.4).
-  """
-  if cdf == "normal":
-    return jax.lax.erf(abs_z * _INV_SQRT2)
-  if cdf == "bft":  # tanh((0.07056 z³ + 1.5976 z) / 2); saturates for z=inf.
-    return jnp.tanh(abs_z * (_BFT_A * (abs_z * abs_z) + _BFT_B))
-  if cdf == "bfo":
-    return jnp.tanh(_BFO_HALF * abs_z)
-  return jnp.tanh(_LOGISTIC_HALF * abs_z)  # "logistic"
+  cdf_a, cdf_b = (jnp.asarray(x, dtype) for x in _CDF_COEFFICIENTS[cdf])
+  return _Constants(
+      beta=beta, one_minus_beta=one_minus_beta,
+      inv_bias_correction=one / bias_correction, inv_dof=inv_dof, eps=se_eps,
+      c=jnp.asarray(c).astype(dtype), zero=jnp.zeros((), dtype), one=one,
+      cdf_a=cdf_a, cdf_b=cdf_b)
 
 
 def _scale_from_moments(m: jax.Array, v: jax.Array, k: _Constants,
                         cdf: str) -> jax.Array:
-  """s = min(1, c · 2|P - ½|) from the already updated EMAs m, v (§1.2)."""
+  """s = min(1, c · 2|P - ½|) from the already updated EMAs m, v (§1.2).
+
+  2|P - ½| for P = Pr[X < 0], X ~ N(m̂, se²) is |erf(z/√2)| for the normal
+  CDF and |tanh(h(z)/2)| for its logistic approximations (§1.3). Both are
+  odd, so they are evaluated at |z|, which keeps relative accuracy for tiny
+  z (§5.4). The standard error is inverted once and |z| = |m̂| · (1/se):
+  XLA on CPU does not fuse a division whose result is used twice (|z| is,
+  in the cubic of ``bft``) and would materialise |z| instead.
+  """
   m_hat = m * k.inv_bias_correction  # m̂ = m / b_t
   v_hat = v * k.inv_bias_correction  # v̂ = v / b_t
-  variance = jnp.maximum(v_hat - m_hat * m_hat, 0)  # σ̂² = max(v̂ - m̂², 0)
-  se = jnp.sqrt(variance * k.inv_dof) + k.eps  # sqrt(σ̂² / (n - 1 + ε)) + ε
-  abs_z = jnp.abs(m_hat) / se  # |z| = |m̂| / se
-  return jnp.minimum(k.c * _conformity(abs_z, cdf), 1)  # s, §1.2
+  variance = jnp.maximum(v_hat - m_hat * m_hat, k.zero)  # σ̂², §1.2
+  # se = sqrt(σ̂² / (n - 1 + ε)) + ε, §1.2
+  inv_se = k.one / (jnp.sqrt(variance * k.inv_dof) + k.eps)
+  abs_z = jnp.abs(m_hat) * inv_se  # |z| = |m̂| / se
+  if cdf == "bft":  # (0.07056 |z|³ + 1.5976 |z|) / 2; tanh(inf) = 1
+    arg = abs_z * (k.cdf_a * (abs_z * abs_z) + k.cdf_b)
+  else:
+    arg = abs_z * k.cdf_b
+  conformity = jax.lax.erf(arg) if cdf == "normal" else jnp.tanh(arg)
+  return jnp.minimum(k.c * conformity, k.one)  # s = min(1, c · 2|P - ½|)
 
 
 def _ema(moment: jax.Array, value: jax.Array, decay: jax.Array,
@@ -148,27 +161,44 @@ def _ema(moment: jax.Array, value: jax.Array, decay: jax.Array,
   return one_minus_decay * value + decay * moment
 
 
-def _mean_over_leaves(scales: list[jax.Array]) -> jax.Array:
-  """Element-weighted mean of the scales of all leaves, as float32."""
-  size = sum(int(np.prod(s.shape)) for s in scales)
+def _mean_scale(moments: list[tuple[jax.Array, jax.Array, _Constants]],
+                outputs: Any, count: jax.Array, cdf: str) -> jax.Array:
+  """Element-weighted mean of s over all leaves, as float32 (§5.6).
+
+  s is recomputed here from the materialised moments rather than shared
+  with the update: XLA on CPU does not fuse an elementwise output and a
+  reduction into one loop, so sharing s would write and re-read a
+  full-size temporary, which costs more than recomputing it. The barrier
+  (which also waits for ``outputs``) keeps XLA from merging the two
+  computations of s, and the runtime ``unit`` gives this reduction its own
+  copies of the constants (see :class:`_Constants`).
+  """
+  size = sum(int(np.prod(m.shape)) for m, _, _ in moments)
   if size == 0:
     return jnp.ones((), jnp.float32)
-  total = sum(jnp.sum(s, dtype=jnp.float32) for s in scales)
+  (moments, count), _ = jax.lax.optimization_barrier(
+      ((moments, count), outputs))
+  unit = count > 0  # always true: count >= 1 after the first update
+
+  def leaf_sum(m, v, k):
+    k = jax.tree.map(lambda x: x * unit.astype(x.dtype), k)
+    return jnp.sum(_scale_from_moments(m, v, k, cdf), dtype=jnp.float32)
+
+  total = sum(leaf_sum(*entry) for entry in moments)
   return (total / size).astype(jnp.float32)
 
 
 class _ConstantsCache:
   """One :class:`_Constants` per statistics dtype of a tree."""
 
-  def __init__(self, count, beta, c, eps):
-    self._args = (count, beta, c, eps)
+  def __init__(self, count, beta, c, eps, cdf):
+    self._args = (count, beta, c, eps, cdf)
     self._cache = {}
 
   def __call__(self, dtype) -> _Constants:
     dtype = jnp.dtype(dtype)
     if dtype not in self._cache:
-      count, beta, c, eps = self._args
-      self._cache[dtype] = _constants(count, beta, c, eps, dtype)
+      self._cache[dtype] = _constants(*self._args, dtype)
     return self._cache[dtype]
 
 
@@ -270,7 +300,7 @@ def cprop(
     inner_updates, inner_state = inner_update(
         updates, state.inner_state, params, **extra_args)
     count = optax.safe_int32_increment(state.count)
-    constants = _ConstantsCache(count, beta, c, eps)
+    constants = _ConstantsCache(count, beta, c, eps, cdf)
 
     def leaf(g, u, m, v):
       k = constants(m.dtype)
@@ -278,19 +308,21 @@ def cprop(
       m = _ema(m, g, k.beta, k.one_minus_beta)
       v = _ema(v, g * g, k.beta, k.one_minus_beta)
       s = _scale_from_moments(m, v, k, cdf)
-      return (u.astype(s.dtype) * s).astype(u.dtype), m, v, s
+      return (u.astype(s.dtype) * s).astype(u.dtype), m, v, k
 
     treedef = jax.tree.structure(updates)
     out = [leaf(*args) for args in zip(
         treedef.flatten_up_to(updates), treedef.flatten_up_to(inner_updates),
-        treedef.flatten_up_to(state.m), treedef.flatten_up_to(state.v))]
-    new_updates, m, v, s = ([o[i] for o in out] for i in range(4))
+        treedef.flatten_up_to(state.m), treedef.flatten_up_to(state.v),
+        strict=True)]
+    new_updates, m, v, k = ([o[i] for o in out] for i in range(4))
     new_state = CPropState(
         count=count,
         m=treedef.unflatten(m),
         v=treedef.unflatten(v),
         inner_state=inner_state,
-        mean_scale=_mean_over_leaves(s),
+        mean_scale=_mean_scale(list(zip(m, v, k, strict=True)),
+                               new_updates, count, cdf),
     )
     return treedef.unflatten(new_updates), new_state
 
@@ -483,15 +515,17 @@ def cprop_adam(
     )
 
   def update_fn(updates, state, params=None, **extra_args):
-    del extra_args  # complies with signature of GradientTransformationExtraArgs but ignores the extra_args
+    # complies with signature of GradientTransformationExtraArgs but ignores
+    # the extra_args
+    del extra_args
     decay = _common.is_concrete_number(weight_decay) and weight_decay == 0
     if not decay:
       _common.require_params(params, "cprop_adam with weight_decay")
     step_size = _common.value_at(learning_rate, state.count)
     count = optax.safe_int32_increment(state.count)
-    cprop_constants = _ConstantsCache(count, beta, c, cprop_eps)
-    adam_constants = _ConstantsCache(count, b1, 0.0, 0.0)
-    nu_constants = _ConstantsCache(count, b2, 0.0, 0.0)
+    cprop_constants = _ConstantsCache(count, beta, c, cprop_eps, cdf)
+    adam_constants = _ConstantsCache(count, b1, 0.0, 0.0, cdf)
+    nu_constants = _ConstantsCache(count, b2, 0.0, 0.0, cdf)
 
     def leaf(g, p, mu, nu, m, v):
       dtype = mu.dtype
@@ -511,7 +545,7 @@ def cprop_adam(
           jnp.sqrt(nu_hat) + jnp.asarray(eps).astype(dtype))
       lr = jnp.asarray(step_size).astype(dtype)
       u = (-lr * adam * s).astype(g.dtype)
-      return u, mu, nu, m, (None if share else v), s
+      return u, mu, nu, m, v, k
 
     treedef = jax.tree.structure(updates)
     flat = lambda tree: treedef.flatten_up_to(tree)
@@ -519,15 +553,16 @@ def cprop_adam(
     flat_v = flat(state.v) if not share else [None] * treedef.num_leaves
     out = [leaf(*args) for args in zip(
         flat(updates), flat_params, flat(state.mu), flat(state.nu),
-        flat(state.m), flat_v)]
-    u, mu, nu, m, v, s = ([o[i] for o in out] for i in range(6))
+        flat(state.m), flat_v, strict=True)]
+    u, mu, nu, m, v, k = ([o[i] for o in out] for i in range(6))
     new_state = CPropAdamState(
         count=count,
         mu=treedef.unflatten(mu),
         nu=treedef.unflatten(nu),
         m=treedef.unflatten(m),
         v=None if share else treedef.unflatten(v),
-        mean_scale=_mean_over_leaves(s),
+        mean_scale=_mean_scale(list(zip(m, v, k, strict=True)), u, count,
+                               cdf),
     )
     return treedef.unflatten(u), new_state
 

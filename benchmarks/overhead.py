@@ -1,0 +1,107 @@
+# Copyright 2026 The optax_adaptive Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+# ==============================================================================
+"""Overhead of each method against its base optimizer, as one table.
+
+Usage::
+
+  python -m benchmarks.overhead [--methods cprop,...] [--quick] [--json PATH]
+
+Each method contributes a module ``benchmarks/overhead_<method>.py`` with
+``def rows(quick: bool) -> list[dict]``; every row has the keys ``method,
+case, time_ms, base, base_ms, ratio, target`` (``target`` is the largest
+acceptable ratio, or None). Times within one module are measured in one
+interleaved run (:func:`benchmarks._timing.interleaved_ms`), so the ratios
+cancel machine drift; absolute times depend on the machine printed below
+the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pathlib
+import sys
+
+from benchmarks import _timing
+
+ROW_KEYS = ("method", "case", "time_ms", "base", "base_ms", "ratio", "target")
+
+
+def available_methods() -> list[str]:
+  here = pathlib.Path(__file__).parent
+  return sorted(p.stem.removeprefix("overhead_")
+                for p in here.glob("overhead_*.py"))
+
+
+def collect(methods: list[str], quick: bool) -> list[dict]:
+  rows = []
+  for method in methods:
+    module = importlib.import_module(f"benchmarks.overhead_{method}")
+    for row in module.rows(quick):
+      missing = set(ROW_KEYS) - set(row)
+      if missing:
+        raise ValueError(f"overhead_{method}: row lacks {sorted(missing)}")
+      rows.append({key: row[key] for key in ROW_KEYS})
+  return rows
+
+
+def _verdict(row: dict) -> str:
+  if row["target"] is None:
+    return ""
+  return "yes" if row["ratio"] <= row["target"] else "NO"
+
+
+def markdown_table(rows: list[dict]) -> str:
+  lines = [
+      "| method | case | time (ms) | baseline | baseline (ms) | ratio |"
+      " target | met |",
+      "|---|---|---:|---|---:|---:|---:|:---:|",
+  ]
+  for r in rows:
+    target = "" if r["target"] is None else f"≤ {r['target']:.2f}x"
+    lines.append(
+        f"| {r['method']} | {r['case']} | {r['time_ms']:.2f} | {r['base']} |"
+        f" {r['base_ms']:.2f} | {r['ratio']:.2f}x | {target} |"
+        f" {_verdict(r)} |")
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--methods", default=",".join(available_methods()),
+                      help="comma-separated methods (default: all found)")
+  parser.add_argument("--quick", action="store_true",
+                      help="fewer rounds, for a smoke test")
+  parser.add_argument("--json", type=pathlib.Path, default=None,
+                      help="also write the rows to this JSON file")
+  args = parser.parse_args(argv)
+  methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+  unknown = sorted(set(methods) - set(available_methods()))
+  if unknown:
+    parser.error(f"no benchmarks/overhead_<method>.py for {unknown}; "
+                 f"available: {available_methods()}")
+  rows = collect(methods, args.quick)
+  print(markdown_table(rows))
+  print()
+  print(f"Machine: {_timing.machine_info()}")
+  if args.json is not None:
+    args.json.write_text(json.dumps(
+        {"machine": _timing.machine_info(), "rows": rows}, indent=2))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

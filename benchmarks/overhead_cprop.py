@@ -1,0 +1,70 @@
+# Copyright 2026 The optax_adaptive Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+# ==============================================================================
+"""CProp's overhead: update of a 10M-parameter tree and a full train step.
+
+Run through ``python -m benchmarks.overhead --methods cprop``.
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+import optax_adaptive as oa
+from benchmarks import _timing
+
+UPDATE_TARGETS = {"cprop_adam (fused)": 1.5, "cprop(optax.adam)": 2.0}
+TRAIN_STEP_TARGET = 1.10
+
+
+def _update_rows(quick: bool) -> list[dict]:
+  params = _timing.param_tree_10m()
+  grads = jax.tree.map(lambda p: p * 0.01 + 1e-3, params)
+  size = _timing.tree_size(params)
+  fns = {
+      "optax.adam": _timing.update_closure(optax.adam(1e-3), params, grads),
+      "cprop(optax.adam)": _timing.update_closure(
+          oa.cprop(optax.adam(1e-3)), params, grads),
+      "cprop_adam (fused)": _timing.update_closure(
+          oa.cprop_adam(1e-3), params, grads),
+  }
+  ms = _timing.interleaved_ms(fns, rounds=5 if quick else 15,
+                              min_round_s=0.1 if quick else 0.25)
+  base = ms["optax.adam"]
+  return [
+      {"method": "cprop", "case": f"update, {name}, {size / 1e6:.1f}M params",
+       "time_ms": ms[name], "base": "optax.adam", "base_ms": base,
+       "ratio": ms[name] / base, "target": target}
+      for name, target in UPDATE_TARGETS.items()
+  ]
+
+
+def _train_step_rows(quick: bool) -> list[dict]:
+  fns = {
+      "optax.adam": _timing.mnist1d_train_step(optax.adam(1e-3)),
+      "cprop_adam": _timing.mnist1d_train_step(oa.cprop_adam(1e-3)),
+  }
+  ms = _timing.interleaved_ms(fns, rounds=5 if quick else 15,
+                              min_round_s=0.1 if quick else 0.25)
+  base = ms["optax.adam"]
+  return [{
+      "method": "cprop", "case": "train step, cprop_adam, mnist1d CNN1D b=128",
+      "time_ms": ms["cprop_adam"], "base": "optax.adam", "base_ms": base,
+      "ratio": ms["cprop_adam"] / base, "target": TRAIN_STEP_TARGET,
+  }]
+
+
+def rows(quick: bool) -> list[dict]:
+  return _update_rows(quick) + _train_step_rows(quick)
