@@ -304,7 +304,10 @@ def autodrop(
     For optimizers whose state depends on the learning rate (Prodigy,
     schedule-free, mechanize, lr-scaled velocity) scaling the final update is
     not the same as lowering their learning rate. Inside
-    :class:`optax.MultiSteps`, put AutoDrop inside the wrapped chain.
+    :class:`optax.MultiSteps`, put AutoDrop inside the wrapped chain. Donate
+    the optimizer state to the jitted step: the window-end work updates the
+    buffers in place (zero- or one-trip while loops, so ``update`` cannot be
+    differentiated in reverse mode).
   """
   _check_int_hyperparam("window_size", window_size, lower=1)
   _common.check_positive_int("buffer_size", buffer_size)
