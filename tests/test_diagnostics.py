@@ -211,3 +211,18 @@ def test_adas_per_layer_values_after_an_epoch_end():
   early = T.public_or_private("adas_early_stop_init", "_adas")()
   assert set(diagnostics((state, early))) >= {
       "adas_early_stop/best_loss", "adas_early_stop/wait"}
+
+
+def test_docstring_examples(monkeypatch):
+  import doctest
+
+  import optax_adaptive as oa
+  from optax_adaptive import _diagnostics
+  # Until optax_adaptive re-exports the names the example uses.
+  for name, module in (("diagnostics", "_diagnostics"),
+                       ("autodrop", "_autodrop"), ("cprop", "_cprop")):
+    if not hasattr(oa, name):
+      monkeypatch.setattr(oa, name, T.public_or_private(name, module),
+                          raising=False)
+  result = doctest.testmod(_diagnostics, optionflags=doctest.ELLIPSIS)
+  assert result.attempted > 0 and result.failed == 0

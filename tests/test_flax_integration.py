@@ -235,3 +235,17 @@ def test_train_state_overwrite_with_gradient_params():
   new = state.apply_gradients(grads=grads, value=jnp.float32(1.0))
   np.testing.assert_allclose(new.params["params"]["w"], jnp.full(2, 0.9))
   assert float(new.params[owg]["scale"]) == 5.0
+
+
+def test_docstring_examples(monkeypatch):
+  import doctest
+
+  import optax_adaptive as oa
+  from optax_adaptive import _flax
+  # Until optax_adaptive re-exports the names the example uses.
+  for name, module in (("TrainState", "_flax"), ("pal", "_labpal")):
+    if not hasattr(oa, name):
+      monkeypatch.setattr(oa, name, T.public_or_private(name, module),
+                          raising=False)
+  result = doctest.testmod(_flax, optionflags=doctest.ELLIPSIS)
+  assert result.attempted > 0 and result.failed == 0
