@@ -33,8 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_adaptive import _common
-from optax_adaptive import _spectral
+from optax_adaptive import _common, _spectral
 
 INIT = "init"  # label: the parameter keeps the initial rate
 FC = "fc"  # label: the fully connected rate, driven by the last conv
@@ -310,7 +309,7 @@ def _measure(layout: _Layout, params) -> _spectral.KnowledgeGain:
   kernels = []
   for leaf, stack in zip(layout.kernel_leaf, layout.stack_shape):
     kernel = _replicated(leaves[leaf])
-    kernels.append(kernel.reshape((-1,) + kernel.shape[len(stack):]))
+    kernels.append(kernel.reshape((-1, *kernel.shape[len(stack):])))
   gains = _spectral.knowledge_gains(
       kernels, layout.p, layout.solver, transpose_tall=layout.transpose_tall,
       spectrum=layout.spectrum)
@@ -318,13 +317,18 @@ def _measure(layout: _Layout, params) -> _spectral.KnowledgeGain:
 
 
 def _end_epoch(state: AdasState, params) -> AdasState:
-  """Epoch-end update of the rates (§1.6, §1.7, §1.10)."""
-  layout = state.layout
+  """Epoch-end update: measure the gains, then set the rates."""
+  kg = _measure(state.layout, params) if state.layout.n_layers else None
+  return _update_rates(state, kg)
+
+
+def _update_rates(state: AdasState, kg) -> AdasState:
+  """The rate recurrence of §1.6 (with the §1.7 flags and §1.10 fallback)."""
   fdt = state.layer_lr.dtype
   first = state.epoch == 0
-  if layout.n_layers:
-    kg = _measure(layout, params)
-    keep = lambda new, old: jnp.where(  # noqa: E731  §1.10: non-finite -> old
+  if kg is not None:
+    # §1.10: a non-finite measurement keeps the previous value.
+    keep = lambda new, old: jnp.where(
         jnp.isfinite(new), new, old).astype(old.dtype)
     g3 = keep(kg.input_gain, state.input_gain)
     g4 = keep(kg.output_gain, state.output_gain)
@@ -348,7 +352,7 @@ def _end_epoch(state: AdasState, params) -> AdasState:
   new_rate = jnp.maximum(state.beta * previous + state.zeta * delta,
                          state.min_lr)  # §1.6
   ready = state.ready | (layer_gain != 0)
-  if layout.hold_lr_while_zero_gain:  # §1.7 [1.1.3]: hold eta_0 until ready
+  if state.layout.hold_lr_while_zero_gain:  # §1.7 [1.1.3]: hold eta_0
     new_rate = jnp.where(ready, new_rate, state.init_lr)
   new_rate = new_rate.astype(fdt)
   return state._replace(
@@ -391,13 +395,16 @@ def adas_end_epoch(state: Any, params: optax.Params) -> Any:
     >>> round(float(state.layer_lr[0]), 6)  # epoch 0 sets R = eta_0
     0.1
   """
-  is_adas = lambda x: isinstance(x, AdasState)  # noqa: E731
+  is_adas = lambda x: isinstance(x, AdasState)
   found = [x for x in jax.tree.leaves(state, is_leaf=is_adas) if is_adas(x)]
   if not found:
     raise ValueError("adas_end_epoch: `state` holds no AdasState.")
   return jax.tree.map(
-      lambda x: _end_epoch(x, params) if is_adas(x) else x, state,
+      lambda x: _end_epoch_jit(x, params) if is_adas(x) else x, state,
       is_leaf=is_adas)
+
+
+_end_epoch_jit = jax.jit(_end_epoch)
 
 
 # -------------------------------------------------------------- optimizer
@@ -536,7 +543,7 @@ def adas(
         transpose_tall=transpose_tall, hold=hold_lr_while_zero_gain)
     fdt = _common.widest_float_dtype(params)
     n = layout.n_layers
-    scalar = lambda v: jnp.asarray(v, fdt)  # noqa: E731
+    scalar = lambda v: jnp.asarray(v, fdt)
     return AdasState(
         count=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32),
         layer_lr=jnp.full((n,), learning_rate, fdt),
@@ -551,7 +558,9 @@ def adas(
         trace=_common.stats_zeros_like(params), layout=layout)
 
   def update_fn(updates, state, params=None, **extra_args):
-    del extra_args  # complies with signature of GradientTransformationExtraArgs but ignores the extra_args
+    # Complies with the signature of GradientTransformationExtraArgs but
+    # ignores the extra_args.
+    del extra_args
     if needs_params:
       _common.require_params(params, "adas")
     layout = state.layout

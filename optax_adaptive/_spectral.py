@@ -32,6 +32,7 @@ References:
 from __future__ import annotations
 
 import collections
+import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -259,7 +260,7 @@ def brent_bounded(fun, lower, upper, xatol=_BRENT_XATOL,
     w_ffulc = jnp.where(to_second, fnfc, jnp.where(to_third, fu, ffulc))
     w_nfc = jnp.where(to_second, x, nfc)
     w_fnfc = jnp.where(to_second, fu, fnfc)
-    pick = lambda good, bad: jnp.where(better, good, bad)  # noqa: E731
+    pick = lambda good, bad: jnp.where(better, good, bad)
     return (
         pick(jnp.where(x >= xf, xf, a), a_worse),
         pick(jnp.where(x >= xf, b, xf), b_worse),
@@ -308,7 +309,7 @@ def _evbmf_from_spectrum(s2, geo: _Geometry, solver: str) -> EVBMFResult:
   lower, upper = _bounds(s2, geo)
   valid = lower <= upper  # an inverted bracket means rank 0, §1.3
   upper = jnp.maximum(upper, lower)
-  fun = lambda sigma2: _objective(sigma2, s2, geo)  # noqa: E731
+  fun = lambda sigma2: _objective(sigma2, s2, geo)
   if solver == "brent_ref":
     sigma2 = brent_bounded(fun, lower, upper)
   else:
@@ -383,9 +384,15 @@ def evbmf(
     Hosseini & Plataniotis, `AdaS <https://arxiv.org/abs/2006.06587>`_, 2020.
   """
   _common.check_choice("solver", solver, SOLVERS)
+  _common.check_choice("spectrum", spectrum, SPECTRA)
+  return _evbmf_jit(jnp.asarray(matrix), solver, spectrum)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _evbmf_jit(matrix, solver, spectrum):
   geo = _geometry(*matrix.shape[-2:])
   s2 = squared_singular_values(matrix, spectrum)
-  core = lambda v: _evbmf_from_spectrum(v, geo, solver)  # noqa: E731
+  core = lambda v: _evbmf_from_spectrum(v, geo, solver)
   for _ in range(s2.ndim - 1):
     core = jax.vmap(core)
   return core(s2)
@@ -448,6 +455,13 @@ def knowledge_gains(
   """
   _common.check_choice("solver", solver, SOLVERS)
   _common.check_choice("spectrum", spectrum, SPECTRA)
+  kernels = [jnp.asarray(k) for k in kernels]
+  if isinstance(p, int):
+    return _knowledge_gains_jit(kernels, p, solver, transpose_tall, spectrum)
+  return _knowledge_gains(kernels, p, solver, transpose_tall, spectrum)
+
+
+def _knowledge_gains(kernels, p, solver, transpose_tall, spectrum):
   # (kernel index, mode) -> matrices, grouped by effective shape.
   groups = collections.defaultdict(list)
   for index, kernel in enumerate(kernels):
@@ -478,6 +492,9 @@ def knowledge_gains(
     (g3, k3, r3), (g4, k4, r4) = results[index, 0], results[index, 1]
     gains.append(KnowledgeGain(g3, g4, k3, k4, r3, r4, 0.5 * (g3 + g4)))
   return gains
+
+
+_knowledge_gains_jit = jax.jit(_knowledge_gains, static_argnums=(1, 2, 3, 4))
 
 
 def knowledge_gain(
