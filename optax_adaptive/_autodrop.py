@@ -174,7 +174,7 @@ class AutoDropState(NamedTuple):
 
   window_step: jax.Array  # shape=(), dtype=jnp.int32; in [0, window_size)
   n_means: jax.Array  # shape=(), dtype=jnp.int32; window means seen, ≤ 2
-  mean_offset: optax.Updates  # params-shaped f32 (or ()): x_t - y_i so far
+  mean_offset: optax.Updates  # params-shaped f32 (or ()): x_last - y_i
   prev_mean: optax.Params  # params-shaped f32: y_{i-1}
   prev_displacement: optax.Updates  # params-shaped f32: s_{i-1}
   prev_sq_norm: jax.Array  # shape=(), dtype=jnp.float32: |s_{i-1}|²
