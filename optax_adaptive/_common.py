@@ -85,12 +85,17 @@ def safe_divide(
 
 
 def tree_vdot_f32(a: optax.Params, b: optax.Params) -> jax.Array:
-  """Sum over all leaves of ``<a, b>``, accumulated in at least float32."""
+  """Sum over all leaves of ``<a, b>``, accumulated in at least float32.
+
+  An element-wise product and a sum rather than ``jnp.vdot``: a reduction
+  over a sharded axis is well defined under an Explicit mesh, a contraction
+  is not.
+  """
   parts = jax.tree.leaves(
       jax.tree.map(
-          lambda x, y: jnp.vdot(
-              x.astype(stats_dtype(x.dtype)), y.astype(stats_dtype(y.dtype))
-          ).real,
+          lambda x, y: jnp.sum(
+              x.astype(stats_dtype(x.dtype)) * y.astype(stats_dtype(y.dtype))
+          ),
           a,
           b,
       )
