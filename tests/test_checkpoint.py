@@ -31,7 +31,7 @@ from tests import _utils
 REPO = pathlib.Path(__file__).resolve().parent.parent
 WORKER_TIMEOUT_S = 540
 
-FAST_METHODS = ("labpal", "adas")
+FAST_METHODS = ("labpal",)
 SLOW_METHODS = tuple(m.name for m in T.METHODS if m.name not in FAST_METHODS)
 
 

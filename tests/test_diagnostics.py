@@ -199,6 +199,7 @@ def test_unlisted_library_state_reports_small_float_fields():
   assert set(out) == {"future/lr_vector"}
 
 
+@pytest.mark.slow  # compiles AdaS's epoch end (SVD + EVBMF)
 def test_adas_per_layer_values_after_an_epoch_end():
   adas = T.public_or_private("adas", "_adas")
   end_epoch = T.public_or_private("adas_end_epoch", "_adas")

@@ -73,7 +73,13 @@ def test_every_example_is_tested():
   assert {p.stem for p in EXAMPLES.glob("*.py")} == set(BUDGETS)
 
 
-@pytest.mark.parametrize("name", sorted(BUDGETS))
+# Examples of the default run; the others run under -m slow.
+FAST = ("cprop_autodrop", "pal")
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=() if name in FAST else (pytest.mark.slow,))
+    for name in sorted(BUDGETS)])
 def test_example_trains(name, public_names, capsys):
   del public_names
   if not (EXAMPLES / f"{name}.py").exists():
