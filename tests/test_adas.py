@@ -219,8 +219,8 @@ def test_layer_groups_errors():
 def _train_nnx(steps_per_epoch, epochs=3, explicit=False):
   model = CNN1DBN(channels=8, depth=3, rngs=nnx.Rngs(0))
   for i, conv in enumerate(model.convs):
-    conv.kernel.value = _low_rank_kernel(
-        jax.random.key(10 + i), conv.kernel.value.shape)
+    conv.kernel[...] = _low_rank_kernel(
+        jax.random.key(10 + i), conv.kernel.shape)
   tx = adas(learning_rate=0.05,
             steps_per_epoch=None if explicit else steps_per_epoch)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
@@ -263,6 +263,7 @@ def test_nnx_cnn_in_update_and_explicit_epoch_ends_agree():
   np.testing.assert_allclose(in_update[0][0], 0.05, rtol=1e-6)  # epoch 0
 
 
+@pytest.mark.slow
 def test_linen_cnn_in_update_and_explicit_epoch_ends_agree():
   model = _LinenCNN()
   variables = model.init(jax.random.key(0), jnp.ones((2, 40, 1)))

@@ -265,6 +265,7 @@ def test_strongly_tall_inverted_bracket_gives_rank_zero():
 # -------------------------------------------------------- batching, jit, vmap
 
 
+@pytest.mark.slow
 def test_batched_by_shape_equals_one_by_one():
   keys = jax.random.split(jax.random.key(9), 4)
   low_rank = lambda k, s: jnp.einsum(
