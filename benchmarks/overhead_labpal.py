@@ -17,7 +17,9 @@
 Full jitted train steps of the mnist1d CNN (:class:`benchmarks.models.CNN1D`,
 batch 128), timed interleaved with an ``optax.sgd`` step:
 
-* PAL: 1 forward-backward + 1 forward pass per update;
+* PAL: 1 forward-backward + 1 forward pass per update (shown next to an SGD
+  step that also evaluates the loss at one moved point, the floor of any
+  method with one extra forward pass);
 * LABPAL training step: 1 forward-backward (the measurement branch of the
   ``lax.cond`` is not executed);
 * LABPAL measuring step (forced on every call with ``reuse_steps=1``):
@@ -46,6 +48,24 @@ REUSE_STEPS = 1000
 def _pal_kwargs(params, batch, loss, grads, loss_fn):
   del params
   return dict(value=loss, grad=grads, value_fn=loss_fn, batch=batch)
+
+
+def _consume_value() -> optax.GradientTransformationExtraArgs:
+  """Identity on the updates that depends on ``value`` (so XLA keeps it)."""
+
+  def update_fn(updates, state, params=None, *, value, **extra_args):
+    del params, extra_args
+    return jax.tree.map(lambda u: u * (1 + 0 * value), updates), state
+
+  return optax.GradientTransformationExtraArgs(
+      lambda params: optax.EmptyState(), update_fn)
+
+
+def _extra_forward_kwargs(params, batch, loss, grads, loss_fn):
+  """The loss at a moved point: SGD plus exactly one forward pass."""
+  del loss
+  moved = jax.tree.map(lambda p, g: p - 0.01 * g, params, grads)
+  return dict(value=loss_fn(moved, batch))
 
 
 def _labpal_kwargs_fn(batch_size: int, seed: int = 1):
@@ -77,6 +97,9 @@ def rows(quick: bool) -> list[dict]:
   labpal_kwargs = _labpal_kwargs_fn(batch_size)
   fns = {
       "optax.sgd": _timing.mnist1d_train_step(optax.sgd(0.1), batch_size),
+      "sgd + 1 F": _timing.mnist1d_train_step(
+          optax.chain(optax.sgd(0.1), _consume_value()), batch_size,
+          update_kwargs_fn=_extra_forward_kwargs),
       "pal": _timing.mnist1d_train_step(
           oa.pal(), batch_size, update_kwargs_fn=_pal_kwargs),
       "labpal train": _timing.mnist1d_train_step(
@@ -101,6 +124,8 @@ def rows(quick: bool) -> list[dict]:
             "target": target}
 
   return [
+      row("pal", "reference: SGD step + 1 forward (1 FB + 1 F)",
+          ms["sgd + 1 F"], None),
       row("pal", "train step (1 FB + 1 F)", ms["pal"], PAL_TARGET),
       row("labpal", "training step (1 FB)", ms["labpal train"], None),
       row("labpal", f"measuring step (1 FB + {3 * m} F, M={m})",
