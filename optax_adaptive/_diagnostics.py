@@ -198,24 +198,28 @@ def diagnostics(opt_state: Any) -> dict[str, jax.Array]:
   ``opt_state``) and returns its monitored quantities under keys
   ``"<method>/<field>"``:
 
-  ========================  ===============================================
-  method                    keys
-  ========================  ===============================================
-  ``cprop``, ``cprop_adam``  ``cprop/mean_scale``
-  ``autodrop``              ``autodrop/lr_scale``, ``last_omega``,
-                            ``smoothed_omega`` (``theta`` for v1),
-                            ``n_drops``
-  ``pal``                   ``pal/pal_learning_rate``, ``pal_step_length``,
-                            ``info.curvature``, ``info.case``
-  ``labpal``                ``labpal/labpal_learning_rate``,
-                            ``labpal_step_length``, ``updates_done``,
-                            ``pending``, ``info.raw_step``, ``info.status``
-  ``adas``                  ``adas/epoch``, ``layer_lr`` (per conv layer,
-                            in the order of ``adas_layer_names(state)``),
-                            ``fc_lr``, ``gain``, ``input_gain``,
-                            ``output_gain``, ``input_condition``,
-                            ``output_condition`` (mapping conditions)
-  ========================  ===============================================
+  ===========================  ============================================
+  method                       keys
+  ===========================  ============================================
+  ``cprop``, ``cprop_adam``    ``cprop/mean_scale``
+  ``autodrop``                 ``autodrop/lr_scale``, ``last_omega``,
+                               ``smoothed_omega`` (``theta`` for v1),
+                               ``n_drops``
+  ``pal``                      ``pal/pal_learning_rate``,
+                               ``pal_step_length``, ``info.curvature``,
+                               ``info.case``
+  ``labpal``                   ``labpal/labpal_learning_rate``,
+                               ``labpal_step_length``, ``updates_done``,
+                               ``pending``, ``info.raw_step``,
+                               ``info.status``
+  ``adas``                     ``adas/epoch``, ``layer_lr`` (per conv
+                               layer, in the order of
+                               ``adas_layer_names(state)``), ``fc_lr``,
+                               ``gain``, ``input_gain``, ``output_gain``,
+                               ``input_condition``, ``output_condition``
+                               (mapping conditions)
+  ``adas_early_stop``          ``adas_early_stop/best_loss``, ``wait``
+  ===========================  ============================================
 
   When a method appears more than once, its keys get an index suffix in
   traversal order (``"cprop_0/mean_scale"``, ``"cprop_1/mean_scale"``). The
