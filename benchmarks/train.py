@@ -49,8 +49,10 @@ class _Model:
   eval_def: Any
 
   def forward(self, params, rest, x, *, train: bool):
+    # copy=True: fresh Variables at this trace level, so that batch norm may
+    # update its statistics inside grad/scan.
     model = nnx.merge(self.train_def if train else self.eval_def, params,
-                      rest)
+                      rest, copy=True)
     logits = model(x)
     _, _, new_rest = _split(model)
     return logits, new_rest
