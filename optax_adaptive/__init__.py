@@ -28,6 +28,21 @@ from optax_adaptive._cprop import cprop
 from optax_adaptive._cprop import cprop_adam
 from optax_adaptive._cprop import cprop_sgd
 
+# AdaS (arXiv 2006.06587).
+from optax_adaptive._adas import AdasEarlyStopState
+from optax_adaptive._adas import AdasState
+from optax_adaptive._adas import LayerGroup
+from optax_adaptive._adas import adas
+from optax_adaptive._adas import adas_early_stop
+from optax_adaptive._adas import adas_early_stop_init
+from optax_adaptive._adas import adas_end_epoch
+from optax_adaptive._adas import adas_layer_groups
+from optax_adaptive._adas import adas_layer_names
+from optax_adaptive._spectral import EVBMFResult
+from optax_adaptive._spectral import KnowledgeGain
+from optax_adaptive._spectral import evbmf
+from optax_adaptive._spectral import knowledge_gain
+
 # AutoDrop (arXiv 2111.15317, UAI 2024).
 from optax_adaptive._autodrop import AutoDropState
 from optax_adaptive._autodrop import AutoDropV1State
@@ -51,22 +66,35 @@ from optax_adaptive._flax_utils import linen_value_fn
 from optax_adaptive._flax_utils import nnx_value_fn
 
 __all__ = (
+    "AdasEarlyStopState",
+    "AdasState",
     "AutoDropState",
     "AutoDropV1State",
     "CPropAdamState",
     "CPropState",
+    "EVBMFResult",
+    "KnowledgeGain",
     "LabpalInfo",
+    "LayerGroup",
     "PalInfo",
     "ScaleByLabpalState",
     "ScaleByPalState",
     "TrainState",
     "__version__",
+    "adas",
+    "adas_early_stop",
+    "adas_early_stop_init",
+    "adas_end_epoch",
+    "adas_layer_groups",
+    "adas_layer_names",
     "autodrop",
     "autodrop_v1",
     "cprop",
     "cprop_adam",
     "cprop_sgd",
     "diagnostics",
+    "evbmf",
+    "knowledge_gain",
     "labpal",
     "linen_value_fn",
     "nnx_value_fn",

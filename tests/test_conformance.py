@@ -228,9 +228,27 @@ CASES += [
     ),
 ]
 
+CASES += [
+    Case(
+        "adas_explicit_epochs",
+        oa.adas,
+        dict(learning_rate=0.01, weight_decay=0.0),
+        converge_kwargs=dict(learning_rate=2e-3),
+    ),
+    Case(
+        "adas_steps_per_epoch",
+        oa.adas,
+        dict(learning_rate=0.01, steps_per_epoch=5),
+        static_args=("steps_per_epoch", "p"),
+        converge_kwargs=dict(learning_rate=2e-3, weight_decay=0.0),
+    ),
+]
+
 # Public names that are not transformations (states, pure functions, helpers).
 NOT_TRANSFORMATIONS = frozenset({
-    "__version__", "diagnostics", "linen_value_fn", "nnx_value_fn"})
+    "__version__", "diagnostics", "linen_value_fn", "nnx_value_fn",
+    "adas_early_stop", "adas_early_stop_init", "adas_end_epoch",
+    "adas_layer_groups", "adas_layer_names", "evbmf", "knowledge_gain"})
 
 # --------------------------------------------------------------- fixtures
 
