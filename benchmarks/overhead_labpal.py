@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import optax_adaptive as oa
 from benchmarks import _timing, data
-from optax_adaptive import _labpal as oa  # public as optax_adaptive.pal etc.
 
 PAL_TARGET = 1.4
 LABPAL_AMORTISED_TARGET = 1.05
