@@ -130,16 +130,16 @@ def _constants(count: jax.Array, beta: Any, c: Any, eps: Any, cdf: str,
       cdf_a=cdf_a, cdf_b=cdf_b)
 
 
-def _scale_from_moments(m: jax.Array, v: jax.Array, k: _Constants,
-                        cdf: str) -> jax.Array:
-  """s = min(1, c · 2|P - ½|) from the already updated EMAs m, v (§1.2).
+def _conformity(m: jax.Array, v: jax.Array, k: _Constants,
+                cdf: str) -> jax.Array:
+  """2|P - ½| from the already updated EMAs m, v (§1.2, §1.3).
 
-  2|P - ½| for P = Pr[X < 0], X ~ N(m̂, se²) is |erf(z/√2)| for the normal
-  CDF and |tanh(h(z)/2)| for its logistic approximations (§1.3). Both are
-  odd, so they are evaluated at |z|, which keeps relative accuracy for tiny
-  z (§5.4). The standard error is inverted once and |z| = |m̂| · (1/se):
-  XLA on CPU does not fuse a division whose result is used twice (|z| is,
-  in the cubic of ``bft``) and would materialise |z| instead.
+  P = Pr[X < 0] for X ~ N(m̂, se²); 2|P - ½| is |erf(z/√2)| for the normal
+  CDF and |tanh(h(z)/2)| for its logistic approximations. Both are odd, so
+  they are evaluated at |z|, which keeps relative accuracy for tiny z
+  (§5.4). The standard error is inverted once and |z| = |m̂| · (1/se): XLA
+  on CPU does not fuse a division whose result is used twice (|z| is, in
+  the cubic of ``bft``) and would materialise |z| instead.
   """
   m_hat = m * k.inv_bias_correction  # m̂ = m / b_t
   v_hat = v * k.inv_bias_correction  # v̂ = v / b_t
@@ -151,8 +151,18 @@ def _scale_from_moments(m: jax.Array, v: jax.Array, k: _Constants,
     arg = abs_z * (k.cdf_a * (abs_z * abs_z) + k.cdf_b)
   else:
     arg = abs_z * k.cdf_b
-  conformity = jax.lax.erf(arg) if cdf == "normal" else jnp.tanh(arg)
-  return jnp.minimum(k.c * conformity, k.one)  # s = min(1, c · 2|P - ½|)
+  return jax.lax.erf(arg) if cdf == "normal" else jnp.tanh(arg)
+
+
+def _scale(conformity: jax.Array, k: _Constants) -> jax.Array:
+  """s = min(1, c · 2|P - ½|), §1.2."""
+  return jnp.minimum(k.c * conformity, k.one)
+
+
+def _scale_from_moments(m: jax.Array, v: jax.Array, k: _Constants,
+                        cdf: str) -> jax.Array:
+  """s = min(1, c · 2|P - ½|) from the already updated EMAs m, v (§1.2)."""
+  return _scale(_conformity(m, v, k, cdf), k)
 
 
 def _ema(moment: jax.Array, value: jax.Array, decay: jax.Array,
@@ -161,30 +171,29 @@ def _ema(moment: jax.Array, value: jax.Array, decay: jax.Array,
   return one_minus_decay * value + decay * moment
 
 
-def _mean_scale(moments: list[tuple[jax.Array, jax.Array, _Constants]],
-                outputs: Any, count: jax.Array, cdf: str) -> jax.Array:
+def _mean_scale(conformities: list[tuple[jax.Array, _Constants]],
+                count: jax.Array) -> jax.Array:
   """Element-weighted mean of s over all leaves, as float32 (§5.6).
 
-  s is recomputed here from the materialised moments rather than shared
-  with the update: XLA on CPU does not fuse an elementwise output and a
-  reduction into one loop, so sharing s would write and re-read a
-  full-size temporary, which costs more than recomputing it. The barrier
-  (which also waits for ``outputs``) keeps XLA from merging the two
-  computations of s, and the runtime ``unit`` gives this reduction its own
-  copies of the constants (see :class:`_Constants`).
+  Takes the materialised 2|P - ½| of every leaf: XLA on CPU does not fuse an
+  elementwise output and a reduction into one loop, and a reduction that
+  recomputes the CDF runs several times slower than the elementwise loop.
+  The erf/tanh is therefore computed once (XLA materialises it because two
+  loops consume it) and only the cheap clip is repeated here. Multiplying
+  the constants by a runtime ``unit`` (always 1) keeps XLA from sharing
+  their scalar broadcasts with the update loop, which would materialise
+  them at full size (see :class:`_Constants`).
   """
-  size = sum(int(np.prod(m.shape)) for m, _, _ in moments)
+  size = sum(int(np.prod(t.shape)) for t, _ in conformities)
   if size == 0:
     return jnp.ones((), jnp.float32)
-  (moments, count), _ = jax.lax.optimization_barrier(
-      ((moments, count), outputs))
   unit = count > 0  # always true: count >= 1 after the first update
 
-  def leaf_sum(m, v, k):
+  def leaf_sum(t, k):
     k = jax.tree.map(lambda x: x * unit.astype(x.dtype), k)
-    return jnp.sum(_scale_from_moments(m, v, k, cdf), dtype=jnp.float32)
+    return jnp.sum(_scale(t, k), dtype=jnp.float32)
 
-  total = sum(leaf_sum(*entry) for entry in moments)
+  total = sum(leaf_sum(*entry) for entry in conformities)
   return (total / size).astype(jnp.float32)
 
 
@@ -307,22 +316,22 @@ def cprop(
       g = g.astype(m.dtype)
       m = _ema(m, g, k.beta, k.one_minus_beta)
       v = _ema(v, g * g, k.beta, k.one_minus_beta)
-      s = _scale_from_moments(m, v, k, cdf)
-      return (u.astype(s.dtype) * s).astype(u.dtype), m, v, k
+      conformity = _conformity(m, v, k, cdf)
+      s = _scale(conformity, k)
+      return (u.astype(s.dtype) * s).astype(u.dtype), m, v, (conformity, k)
 
     treedef = jax.tree.structure(updates)
     out = [leaf(*args) for args in zip(
         treedef.flatten_up_to(updates), treedef.flatten_up_to(inner_updates),
         treedef.flatten_up_to(state.m), treedef.flatten_up_to(state.v),
         strict=True)]
-    new_updates, m, v, k = ([o[i] for o in out] for i in range(4))
+    new_updates, m, v, conformities = ([o[i] for o in out] for i in range(4))
     new_state = CPropState(
         count=count,
         m=treedef.unflatten(m),
         v=treedef.unflatten(v),
         inner_state=inner_state,
-        mean_scale=_mean_scale(list(zip(m, v, k, strict=True)),
-                               new_updates, count, cdf),
+        mean_scale=_mean_scale(conformities, count),
     )
     return treedef.unflatten(new_updates), new_state
 
@@ -539,13 +548,14 @@ def cprop_adam(
       nu = _ema(nu, dd, k2.beta, k2.one_minus_beta)
       m = _ema(m, d, k.beta, k.one_minus_beta)
       v = nu if v is None else _ema(v, dd, k.beta, k.one_minus_beta)
-      s = _scale_from_moments(m, v, k, cdf)
+      conformity = _conformity(m, v, k, cdf)
+      s = _scale(conformity, k)
       nu_hat = nu * k2.inv_bias_correction
       adam = (mu * k1.inv_bias_correction) / (
           jnp.sqrt(nu_hat) + jnp.asarray(eps).astype(dtype))
       lr = jnp.asarray(step_size).astype(dtype)
       u = (-lr * adam * s).astype(g.dtype)
-      return u, mu, nu, m, v, k
+      return u, mu, nu, m, v, (conformity, k)
 
     treedef = jax.tree.structure(updates)
     flat = lambda tree: treedef.flatten_up_to(tree)
@@ -554,15 +564,14 @@ def cprop_adam(
     out = [leaf(*args) for args in zip(
         flat(updates), flat_params, flat(state.mu), flat(state.nu),
         flat(state.m), flat_v, strict=True)]
-    u, mu, nu, m, v, k = ([o[i] for o in out] for i in range(6))
+    u, mu, nu, m, v, conformities = ([o[i] for o in out] for i in range(6))
     new_state = CPropAdamState(
         count=count,
         mu=treedef.unflatten(mu),
         nu=treedef.unflatten(nu),
         m=treedef.unflatten(m),
         v=None if share else treedef.unflatten(v),
-        mean_scale=_mean_scale(list(zip(m, v, k, strict=True)), u, count,
-                               cdf),
+        mean_scale=_mean_scale(conformities, count),
     )
     return treedef.unflatten(u), new_state
 
