@@ -194,6 +194,7 @@ def run_task(task, names, *, seeds, epochs, out, plots=True, log=print):
     for name in available:
       spec = opt_registry.get(name)
       bar.set_postfix_str(f"{name}: compiling")
+      done_before = bar.n
       try:
         trainer = train.Trainer(task, spec, epochs)
         runs = []
@@ -211,7 +212,7 @@ def run_task(task, names, *, seeds, epochs, out, plots=True, log=print):
       except Exception as e:  # a failing method must not hide the others
         skipped[name] = f"failed: {type(e).__name__}: {e}".splitlines()[0]
         log(f"[{task.name}] FAILED {name}: {skipped[name]}")
-        bar.update(seeds * epochs - (bar.n % (seeds * epochs or 1)))
+        bar.update(done_before + seeds * epochs - bar.n)
   elapsed = time.perf_counter() - start
   table = summarize(task, records, skipped, epochs, seeds) + claims(records)
   (task_dir / "table.md").write_text(table)
