@@ -166,7 +166,7 @@ def _geometry(rows: int, cols: int) -> _Geometry:
 
 
 def _objective(sigma2, s2, geo: _Geometry):
-  """Omega(sigma^2) of §1.3 with rho_res = 0, written as the reference does."""
+  """Omega(sigma^2) - n of §1.3 with rho_res = 0."""
   tiny = jnp.finfo(s2.dtype).tiny
   x = jnp.maximum(s2 / (geo.cols * sigma2), tiny)  # §6.5: clamp before log
   above = x > geo.xubar
@@ -175,8 +175,14 @@ def _objective(sigma2, s2, geo: _Geometry):
   tau = 0.5 * (shifted + root)  # tau(x), §1.3
   psi_above = ((x - tau) + jnp.log((tau + 1.0) / x)
                + geo.alpha * jnp.log(tau / geo.alpha + 1.0))  # psi0 + psi1
-  psi_below = x - jnp.log(x)  # psi0
-  total = jnp.sum(jnp.where(above, psi_above, psi_below), axis=-1)
+  # psi0 - 1 = (x - 1) - ln x, written with log1p so that the many terms
+  # near x = 1 (the noise bulk) keep their precision in float32. The
+  # constant n dropped from the sum does not move the minimiser.
+  near_one = x > 0.5
+  psi_below = jnp.where(
+      near_one, (x - 1.0) - jnp.log1p(jnp.where(near_one, x - 1.0, 0.0)),
+      x - 1.0 - jnp.log(x))
+  total = jnp.sum(jnp.where(above, psi_above - 1.0, psi_below), axis=-1)
   return total + (geo.rows - geo.n) * jnp.log(sigma2)
 
 
