@@ -38,7 +38,6 @@ MODES = ("pmap", "shard_map", "dp_jit", "fsdp_explicit", "fsdp_auto")
 FAST = {
     ("pmap", "pal"),
     ("shard_map", "labpal"),
-    ("dp_jit", "autodrop"),
     ("fsdp_explicit", "adas"),
     ("fsdp_explicit", "labpal"),
     ("fsdp_auto", "cprop_adam"),
