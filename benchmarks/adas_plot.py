@@ -69,7 +69,7 @@ def train(epochs: int, learning_rate: float, beta: float, batch: int = 128,
     return (nnx.merge(graphdef, p)(x).argmax(-1) == y).mean()
 
   rng = np.random.default_rng(seed)
-  history = {"layers": list(_adas.adas_layer_names(state)), "epoch": [],
+  history = {"layers": list(_adas.adas_layer_names(state, params)), "epoch": [],
              "layer_lr": [], "fc_lr": [], "gain": [], "input_condition": [],
              "output_condition": [], "train_loss": [], "test_accuracy": []}
   for k in range(epochs):

@@ -60,20 +60,16 @@ class LayerGroup(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Layout:
-  """Static leaf -> rate map, built once at ``init`` (§6.2).
+class _Config:
+  """Static settings of :func:`adas`, carried in the state.
 
-  It is carried in the state as a pytree node without leaves, so
-  :func:`adas_end_epoch` needs nothing but the state and the params.
+  A pytree node without leaves, so :func:`adas_end_epoch` needs nothing but
+  the state and the params. It does not depend on the params (the
+  leaf -> layer map is rebuilt from their paths and shapes while tracing),
+  so ``optax.tree.map_params`` sees the same state structure.
   """
 
-  n_leaves: int
-  leaf_group: tuple[int, ...]  # -2: init, -1: fc, g >= 0: conv group g
-  kernel_leaf: tuple[int, ...]  # leaf index of each group's kernel
-  stack_shape: tuple[tuple[int, ...], ...]  # per group
-  offset: tuple[int, ...]  # per group, into the per-layer vectors
-  n_layers: int
-  layer_names: tuple[str, ...]
+  layer_groups: Callable[..., Any] | None
   p: Any
   solver: str
   spectrum: str
@@ -82,7 +78,20 @@ class _Layout:
 
 
 jax.tree_util.register_pytree_node(
-    _Layout, lambda layout: ((), layout), lambda layout, _: layout)
+    _Config, lambda config: ((), config), lambda config, _: config)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+  """Static leaf -> rate map derived from parameter paths (§6.2)."""
+
+  n_leaves: int
+  leaf_group: tuple[int, ...]  # -2: init, -1: fc, g >= 0: conv group g
+  kernel_leaf: tuple[int, ...]  # leaf index of each group's kernel
+  stack_shape: tuple[tuple[int, ...], ...]  # per group
+  offset: tuple[int, ...]  # per group, into the per-layer vectors
+  n_layers: int
+  layer_names: tuple[str, ...]
 
 
 class AdasState(NamedTuple):
@@ -109,7 +118,7 @@ class AdasState(NamedTuple):
   zeta: jax.Array  # shape=(), float
   min_lr: jax.Array  # shape=(), float
   trace: optax.Params  # momentum buffer, like params (float32 for bf16)
-  layout: _Layout  # static leaf -> layer map (no leaves)
+  config: _Config  # static settings (no leaves)
 
 
 # ------------------------------------------------------------ layer groups
@@ -189,8 +198,7 @@ def _natural_key(name: str):
           for t in re.findall(r"\d+|\D+", name)]
 
 
-def _build_layout(params, layer_groups, *, p, solver, spectrum,
-                  transpose_tall, hold) -> _Layout:
+def _build_layout(params, layer_groups) -> _Layout:
   path_leaves = jax.tree_util.tree_flatten_with_path(params)[0]
   paths = [_normalized_path(path) for path, _ in path_leaves]
   leaves = [leaf for _, leaf in path_leaves]
@@ -243,8 +251,7 @@ def _build_layout(params, layer_groups, *, p, solver, spectrum,
                  [f"{name}[{i}]" for i in range(size)])
     n_layers += size
   return _Layout(len(leaves), tuple(leaf_group), tuple(kernel_leaf),
-                 tuple(stack_shape), tuple(offset), n_layers, tuple(names),
-                 p, solver, spectrum, transpose_tall, hold)
+                 tuple(stack_shape), tuple(offset), n_layers, tuple(names))
 
 
 def adas_layer_groups(
@@ -272,8 +279,7 @@ def adas_layer_groups(
     >>> adas_layer_groups(params)["BatchNorm_0"]["scale"]
     'Conv_0'
   """
-  layout = _build_layout(params, layer_groups, p=1, solver="brent_ref",
-                         spectrum="gram", transpose_tall=False, hold=False)
+  layout = _build_layout(params, layer_groups)
   names = [INIT if g == -2 else FC if g == -1 else None
            for g in layout.leaf_group]
   group_names = [n.split("[")[0] for n in layout.layer_names]
@@ -283,9 +289,9 @@ def adas_layer_groups(
   return jax.tree.unflatten(jax.tree.structure(params), names)
 
 
-def adas_layer_names(state: AdasState) -> tuple[str, ...]:
-  """Names of the conv layers, in the order of ``state.layer_lr``."""
-  return state.layout.layer_names
+def adas_layer_names(state: AdasState, params: optax.Params) -> tuple[str, ...]:
+  """Names of the conv layers of ``params``, in the order of ``layer_lr``."""
+  return _build_layout(params, state.config.layer_groups).layer_names
 
 
 # ------------------------------------------------------------- epoch end
@@ -299,26 +305,28 @@ def _replicated(x: jax.Array) -> jax.Array:
   return jax.sharding.reshard(x, jax.sharding.PartitionSpec())
 
 
-def _measure(layout: _Layout, params) -> _spectral.KnowledgeGain:
+def _measure(layout: _Layout, config: _Config,
+             params) -> _spectral.KnowledgeGain:
   """Knowledge gains of every conv layer, one vector per field."""
   leaves = jax.tree.leaves(params)
-  if len(leaves) != layout.n_leaves:
-    raise ValueError(
-        f"adas: `params` has {len(leaves)} leaves; the state was built for"
-        f" {layout.n_leaves}.")
   kernels = []
   for leaf, stack in zip(layout.kernel_leaf, layout.stack_shape):
     kernel = _replicated(leaves[leaf])
     kernels.append(kernel.reshape((-1, *kernel.shape[len(stack):])))
   gains = _spectral.knowledge_gains(
-      kernels, layout.p, layout.solver, transpose_tall=layout.transpose_tall,
-      spectrum=layout.spectrum)
+      kernels, config.p, config.solver, transpose_tall=config.transpose_tall,
+      spectrum=config.spectrum)
   return jax.tree.map(lambda *xs: jnp.concatenate(xs), *gains)
 
 
 def _end_epoch(state: AdasState, params) -> AdasState:
   """Epoch-end update: measure the gains, then set the rates."""
-  kg = _measure(state.layout, params) if state.layout.n_layers else None
+  layout = _build_layout(params, state.config.layer_groups)
+  if layout.n_layers != state.layer_lr.shape[0]:
+    raise ValueError(
+        f"adas: `params` has {layout.n_layers} conv layers; the state was"
+        f" built for {state.layer_lr.shape[0]}.")
+  kg = _measure(layout, state.config, params) if layout.n_layers else None
   return _update_rates(state, kg)
 
 
@@ -352,7 +360,7 @@ def _update_rates(state: AdasState, kg) -> AdasState:
   new_rate = jnp.maximum(state.beta * previous + state.zeta * delta,
                          state.min_lr)  # §1.6
   ready = state.ready | (layer_gain != 0)
-  if state.layout.hold_lr_while_zero_gain:  # §1.7 [1.1.3]: hold eta_0
+  if state.config.hold_lr_while_zero_gain:  # §1.7 [1.1.3]: hold eta_0
     new_rate = jnp.where(ready, new_rate, state.init_lr)
   new_rate = new_rate.astype(fdt)
   return state._replace(
@@ -410,8 +418,8 @@ _end_epoch_jit = jax.jit(_end_epoch)
 # -------------------------------------------------------------- optimizer
 
 
-def _leaf_rate(state: AdasState, init_lr, group: int, ndim: int):
-  layout = state.layout
+def _leaf_rate(state: AdasState, layout: _Layout, group: int, ndim: int):
+  init_lr = state.init_lr
   if group == -2:
     return init_lr
   if group == -1:
@@ -534,13 +542,13 @@ def adas(
   _common.check_choice("solver", solver, _spectral.SOLVERS)
   _common.check_choice("spectrum", spectrum, _spectral.SPECTRA)
   _common.check_callable("layer_groups", layer_groups, allow_none=True)
+  config = _Config(layer_groups, p, solver, spectrum, transpose_tall,
+                   hold_lr_while_zero_gain)
   needs_params = steps_per_epoch is not None or not (
       _common.is_concrete_number(weight_decay) and weight_decay == 0)
 
   def init_fn(params):
-    layout = _build_layout(
-        params, layer_groups, p=p, solver=solver, spectrum=spectrum,
-        transpose_tall=transpose_tall, hold=hold_lr_while_zero_gain)
+    layout = _build_layout(params, layer_groups)
     fdt = _common.widest_float_dtype(params)
     n = layout.n_layers
     scalar = lambda v: jnp.asarray(v, fdt)
@@ -555,7 +563,7 @@ def adas(
         output_rank=jnp.zeros((n,), jnp.int32),
         ready=jnp.zeros((n + 1,), bool), init_lr=scalar(learning_rate),
         beta=scalar(beta), zeta=scalar(zeta), min_lr=scalar(min_lr),
-        trace=_common.stats_zeros_like(params), layout=layout)
+        trace=_common.stats_zeros_like(params), config=config)
 
   def update_fn(updates, state, params=None, **extra_args):
     # Complies with the signature of GradientTransformationExtraArgs but
@@ -563,7 +571,7 @@ def adas(
     del extra_args
     if needs_params:
       _common.require_params(params, "adas")
-    layout = state.layout
+    layout = _build_layout(updates, state.config.layer_groups)
     fdt = state.layer_lr.dtype
     state = state._replace(
         init_lr=jnp.asarray(learning_rate, fdt), beta=jnp.asarray(beta, fdt),
@@ -579,8 +587,7 @@ def adas(
       if w is not None:
         decayed = decayed + weight_decay * w.astype(b.dtype)  # §1.8
       b = (momentum * b + decayed).astype(b.dtype)  # §1.8, b_1 = g~
-      rate = _leaf_rate(state, state.init_lr, layout.leaf_group[index],
-                        g.ndim)
+      rate = _leaf_rate(state, layout, layout.leaf_group[index], g.ndim)
       out_dtype = g.dtype if w is None else w.dtype
       new_trace.append(b)
       new_updates.append((-rate * b).astype(out_dtype))  # theta -= eta b

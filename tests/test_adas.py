@@ -146,8 +146,10 @@ def test_default_groups_nnx():
   assert labels["norms"][1]["scale"] == "convs/1"
   assert labels["norms"][2]["bias"] == "convs/2"
   assert labels["head"]["kernel"] == "fc" and labels["head"]["bias"] == "fc"
-  state = adas().init(nnx.state(model, nnx.Param))
-  assert adas_layer_names(state) == ("convs/0", "convs/1", "convs/2")
+  params = nnx.state(model, nnx.Param)
+  state = adas().init(params)
+  assert adas_layer_names(state, params) == ("convs/0", "convs/1",
+                                             "convs/2")
 
 
 def test_default_groups_linen():
@@ -184,7 +186,8 @@ def test_custom_layer_groups_with_stacked_layers():
 
   tx = adas(layer_groups=groups)
   state = jax.jit(adas_end_epoch)(tx.init(params), params)
-  assert adas_layer_names(state) == ("blocks[0]", "blocks[1]", "blocks[2]")
+  assert adas_layer_names(state, params) == ("blocks[0]", "blocks[1]",
+                                             "blocks[2]")
   for i in range(3):
     kg = _spectral.knowledge_gain(stack[i])
     np.testing.assert_allclose(state.gain[i], kg.gain, rtol=1e-5)
