@@ -229,10 +229,10 @@ def test_knowledge_gain_matches_numpy_reference(x64):
 # ------------------------------------------------------------- degenerate
 
 
-@pytest.mark.parametrize("shape", [
-    (3, 3, 4, 8), (1, 1, 64, 8), (1, 1, 8, 64), (3, 3, 1, 16), (5, 1, 4),
-    (2, 2, 2, 3, 4), (12, 6)])
-@pytest.mark.parametrize("transpose_tall", [False, True])
+@pytest.mark.parametrize(("shape", "transpose_tall"), [
+    ((3, 3, 4, 8), False), ((1, 1, 64, 8), False), ((1, 1, 64, 8), True),
+    ((1, 1, 8, 64), False), ((3, 3, 1, 16), False), ((3, 3, 1, 16), True),
+    ((5, 1, 4), False), ((2, 2, 2, 3, 4), False), ((12, 6), True)])
 def test_degenerate_kernels_are_finite(shape, transpose_tall):
   kernels = jnp.stack([jnp.zeros(shape), jnp.ones(shape),
                        jax.random.normal(jax.random.key(6), shape)])
