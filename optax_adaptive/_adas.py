@@ -289,9 +289,26 @@ def adas_layer_groups(
   return jax.tree.unflatten(jax.tree.structure(params), names)
 
 
-def adas_layer_names(state: AdasState, params: optax.Params) -> tuple[str, ...]:
-  """Names of the conv layers of ``params``, in the order of ``layer_lr``."""
-  return _build_layout(params, state.config.layer_groups).layer_names
+# Layer names recorded by `init`, for `adas_layer_names(state)` without
+# params; keyed by the (value-compared) settings and the layer count.
+_NAMES_AT_INIT: dict[tuple[Any, int], tuple[str, ...]] = {}
+
+
+def adas_layer_names(
+    state: AdasState, params: optax.Params | None = None
+) -> tuple[str, ...]:
+  """Names of the conv layers, in the order of ``state.layer_lr``.
+
+  With ``params`` the names are derived from them; without, the names
+  recorded by the last ``init`` with the same settings and layer count are
+  returned (pass ``params`` when two models share identical settings).
+  """
+  if params is not None:
+    return _build_layout(params, state.config.layer_groups).layer_names
+  key = (state.config, state.layer_lr.shape[0])
+  if key not in _NAMES_AT_INIT:
+    raise ValueError("adas_layer_names: pass `params` (no init recorded).")
+  return _NAMES_AT_INIT[key]
 
 
 # ------------------------------------------------------------- epoch end
@@ -549,6 +566,8 @@ def adas(
 
   def init_fn(params):
     layout = _build_layout(params, layer_groups)
+    if layout.n_layers:
+      _NAMES_AT_INIT[config, layout.n_layers] = layout.layer_names
     fdt = _common.widest_float_dtype(params)
     n = layout.n_layers
     scalar = lambda v: jnp.asarray(v, fdt)
