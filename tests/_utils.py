@@ -8,6 +8,7 @@ import re
 
 import jax
 import numpy as np
+from flax import nnx
 
 
 def assert_trees_all_close(actual, desired, rtol=1e-6, atol=0.0, err_msg=""):
@@ -66,3 +67,15 @@ def log_compilations():
   finally:
     logger.removeHandler(handler)
     logger.setLevel(previous)
+
+
+class BatchNormNet(nnx.Module):
+  """A tiny regression net with BatchNorm, whose statistics tests watch."""
+
+  def __init__(self, rngs):
+    self.lin1 = nnx.Linear(3, 8, rngs=rngs)
+    self.bn = nnx.BatchNorm(8, rngs=rngs)
+    self.lin2 = nnx.Linear(8, 1, rngs=rngs)
+
+  def __call__(self, x):
+    return self.lin2(nnx.relu(self.bn(self.lin1(x))))[:, 0]

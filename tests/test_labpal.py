@@ -24,6 +24,7 @@ from optax_adaptive._labpal import (
     scale_by_labpal,
 )
 from tests._utils import (
+    BatchNormNet,
     assert_tree_all_finite,
     assert_trees_all_close,
     assert_trees_all_equal,
@@ -495,16 +496,6 @@ def test_shard_map_axis_name_matches_global_batch(x64):
 # ------------------------------------------------------------------ Flax
 
 
-class _BNNet(nnx.Module):
-
-  def __init__(self, rngs):
-    self.lin1 = nnx.Linear(3, 8, rngs=rngs)
-    self.bn = nnx.BatchNorm(8, rngs=rngs)
-    self.lin2 = nnx.Linear(8, 1, rngs=rngs)
-
-  def __call__(self, x):
-    return self.lin2(nnx.relu(self.bn(self.lin1(x))))[:, 0]
-
 
 def _mse(model, x, y):
   return jnp.mean((model(x) - y) ** 2)
@@ -517,7 +508,7 @@ def test_nnx_loop_under_nnx_jit_keeps_batchnorm_stats():
   num_batches, b = 10, 16
   xs = jnp.asarray(rng.normal(size=(num_batches, b, 3)), jnp.float32)
   ys = jnp.sin(xs[..., 0]) + 0.5 * xs[..., 1]
-  model = _BNNet(nnx.Rngs(0))
+  model = BatchNormNet(nnx.Rngs(0))
   # The exact line minimum (α = 1): the reference fit's default 3.6 s*
   # overshoots on this small model.
   tx = labpal(reuse_steps=4, untrusted_updates=3, fit="exact",

@@ -25,6 +25,7 @@ from optax_adaptive._labpal import (
     scale_by_pal,
 )
 from tests._utils import (
+    BatchNormNet,
     assert_tree_all_finite,
     assert_trees_all_close,
     assert_trees_all_equal,
@@ -361,16 +362,6 @@ def test_pmap_axis_name_matches_global_batch():
 # ------------------------------------------------------------------- Flax
 
 
-class _BNNet(nnx.Module):
-
-  def __init__(self, rngs):
-    self.lin1 = nnx.Linear(3, 8, rngs=rngs)
-    self.bn = nnx.BatchNorm(8, rngs=rngs)
-    self.lin2 = nnx.Linear(8, 1, rngs=rngs)
-
-  def __call__(self, x):
-    return self.lin2(nnx.relu(self.bn(self.lin1(x))))[:, 0]
-
 
 def _regression_data(n=64, seed=0):
   rng = np.random.default_rng(seed)
@@ -391,7 +382,7 @@ def test_nnx_value_fn_keeps_batchnorm_statistics():
   A naive value_fn (without `as_pure`) is the control: it does change them.
   """
   x, y = _regression_data()
-  model = _BNNet(nnx.Rngs(0))
+  model = BatchNormNet(nnx.Rngs(0))
   opt = nnx.Optimizer(model, pal(), wrt=nnx.Param)
 
   @nnx.jit
@@ -425,7 +416,7 @@ def test_nnx_value_fn_keeps_batchnorm_statistics():
 def test_nnx_optimizer_training_loop():
   """nnx.Optimizer(model, pal(...), wrt=nnx.Param) under nnx.jit."""
   x, y = _regression_data(128)
-  model = _BNNet(nnx.Rngs(1))
+  model = BatchNormNet(nnx.Rngs(1))
   opt = nnx.Optimizer(model, pal(), wrt=nnx.Param)
 
   @nnx.jit
@@ -444,7 +435,7 @@ def test_nnx_optimizer_training_loop():
 
 
 def test_nnx_value_fn_signature_routes_data():
-  model = _BNNet(nnx.Rngs(0))
+  model = BatchNormNet(nnx.Rngs(0))
   value_fn = nnx_value_fn(model, _mse)
   assert _labpal._value_fn_arg_names(value_fn) == {"x", "y"}
 
