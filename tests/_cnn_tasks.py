@@ -14,9 +14,7 @@ multiple of 8.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -98,13 +96,6 @@ def approx_at(data, i):
 # ---------------------------------------------------------------- methods
 
 
-def public_or_private(name: str, module: str) -> Any:
-  """``optax_adaptive.<name>``, or the private module's until re-exported."""
-  if hasattr(oa, name):
-    return getattr(oa, name)
-  return getattr(importlib.import_module(f"optax_adaptive.{module}"), name)
-
-
 @dataclasses.dataclass(frozen=True)
 class Method:
   """A method of the library configured for a few steps of the CNN.
@@ -126,25 +117,25 @@ class Method:
 
 def _cprop(axis_name):
   del axis_name
-  cprop = public_or_private("cprop", "_cprop")
+  cprop = oa.cprop
   return cprop(optax.sgd(0.05, momentum=0.9), beta=0.9)
 
 
 def _cprop_sgd(axis_name):
   del axis_name
-  return public_or_private("cprop_sgd", "_cprop")(
+  return oa.cprop_sgd(
       learning_rate=0.05, momentum=0.9, beta=0.9)
 
 
 def _cprop_adam(axis_name):
   del axis_name
-  return public_or_private("cprop_adam", "_cprop")(
+  return oa.cprop_adam(
       learning_rate=0.01, beta=0.9)
 
 
 def _autodrop(axis_name):
   del axis_name  # data parallel: params are whole on every device
-  autodrop = public_or_private("autodrop", "_autodrop")
+  autodrop = oa.autodrop
   return optax.chain(
       optax.sgd(0.05, momentum=0.9),
       autodrop(window_size=2, buffer_size=2, threshold_deg=45.0))
@@ -152,7 +143,7 @@ def _autodrop(axis_name):
 
 def _autodrop_v1(axis_name):
   del axis_name
-  autodrop_v1 = public_or_private("autodrop_v1", "_autodrop")
+  autodrop_v1 = oa.autodrop_v1
   return optax.chain(
       optax.sgd(0.05, momentum=0.9),
       autodrop_v1(steps_per_epoch=2, patience_epochs=1))
@@ -160,19 +151,19 @@ def _autodrop_v1(axis_name):
 
 def _adas(axis_name):
   del axis_name
-  return public_or_private("adas", "_adas")(
+  return oa.adas(
       learning_rate=0.05, steps_per_epoch=2)
 
 
 def _pal(axis_name):
-  return public_or_private("pal", "_labpal")(axis_name=axis_name)
+  return oa.pal(axis_name=axis_name)
 
 
 def _labpal(axis_name):
   # fd_step and measure_step 50x and 10x the defaults: the finite
   # differences of float32 losses then lose ~1e-5 rather than ~1e-3 of their
   # digits, so runs whose reductions differ only in order stay comparable.
-  return public_or_private("labpal", "_labpal")(
+  return oa.labpal(
       mode="sgd", reuse_steps=3, approx_batches=APPROX_BATCHES,
       fd_step=1e-2, measure_step=0.1, untrusted_updates=2, avg_window=3,
       axis_name=axis_name)
@@ -180,8 +171,8 @@ def _labpal(axis_name):
 
 def _cprop_autodrop(axis_name):
   del axis_name
-  cprop = public_or_private("cprop", "_cprop")
-  autodrop = public_or_private("autodrop", "_autodrop")
+  cprop = oa.cprop
+  autodrop = oa.autodrop
   return optax.chain(
       cprop(optax.sgd(0.05, momentum=0.9), beta=0.9),
       autodrop(window_size=2, buffer_size=2, threshold_deg=45.0))

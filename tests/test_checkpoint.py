@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import optax_adaptive as oa
 from tests import _checkpoint_worker as W
 from tests import _cnn_tasks as T
 from tests import _utils
@@ -155,7 +156,7 @@ def test_nnx_optimizer_round_trip(tmp_path):
 
 
 def test_linen_train_state_round_trip(tmp_path):
-  train_state_cls = T.public_or_private("TrainState", "_flax")
+  train_state_cls = oa.TrainState
   tx = T.METHODS_BY_NAME["cprop_autodrop"].build(None)
   params = T.init_params()
   state = train_state_cls.create(apply_fn=T.apply, params=params, tx=tx)

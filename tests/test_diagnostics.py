@@ -11,6 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
+import optax_adaptive as oa
 from optax_adaptive._diagnostics import (
   MONITORED_FIELDS,
   diagnostics,
@@ -89,15 +90,15 @@ def test_every_method_reports_its_monitored_fields(method):
 
 
 def _cprop_sgd():
-  return T.public_or_private("cprop_sgd", "_cprop")(learning_rate=0.1)
+  return oa.cprop_sgd(learning_rate=0.1)
 
 
 def _autodrop():
-  return T.public_or_private("autodrop", "_autodrop")(window_size=2)
+  return oa.autodrop(window_size=2)
 
 
 def _wrappers():
-  cprop_sgd = T.public_or_private("cprop_sgd", "_cprop")
+  cprop_sgd = oa.cprop_sgd
   mask = {"conv": {"kernel": True}, "w": True, "b": False}
   labels = {"conv": {"kernel": "a"}, "w": "a", "b": "b"}
   return {
@@ -131,7 +132,7 @@ def test_found_inside_wrappers(wrapper):
 
 
 def test_repeated_method_keys_follow_state_order():
-  cprop = T.public_or_private("cprop", "_cprop")
+  cprop = oa.cprop
   tx = optax.chain(cprop(optax.sgd(0.1), c=1.0), cprop(optax.adam(0.1)))
   state = tx.init(PARAMS)
   state = (state[0]._replace(mean_scale=jnp.float32(0.25)),
@@ -201,29 +202,22 @@ def test_unlisted_library_state_reports_small_float_fields():
 
 @pytest.mark.slow  # compiles AdaS's epoch end (SVD + EVBMF)
 def test_adas_per_layer_values_after_an_epoch_end():
-  adas = T.public_or_private("adas", "_adas")
-  end_epoch = T.public_or_private("adas_end_epoch", "_adas")
+  adas = oa.adas
+  end_epoch = oa.adas_end_epoch
   tx = adas(learning_rate=0.1)
   state = jax.jit(end_epoch)(tx.init(PARAMS), PARAMS)
   out = diagnostics(state)
   assert out["adas/layer_lr"].shape == (1,)  # one conv layer
   np.testing.assert_allclose(out["adas/layer_lr"], [0.1], rtol=1e-6)
   assert int(out["adas/epoch"]) == 1
-  early = T.public_or_private("adas_early_stop_init", "_adas")()
+  early = oa.adas_early_stop_init()
   assert set(diagnostics((state, early))) >= {
       "adas_early_stop/best_loss", "adas_early_stop/wait"}
 
 
-def test_docstring_examples(monkeypatch):
+def test_docstring_examples():
   import doctest
 
-  import optax_adaptive as oa
   from optax_adaptive import _diagnostics
-  # Until optax_adaptive re-exports the names the example uses.
-  for name, module in (("diagnostics", "_diagnostics"),
-                       ("autodrop", "_autodrop"), ("cprop", "_cprop")):
-    if not hasattr(oa, name):
-      monkeypatch.setattr(oa, name, T.public_or_private(name, module),
-                          raising=False)
   result = doctest.testmod(_diagnostics, optionflags=doctest.ELLIPSIS)
   assert result.attempted > 0 and result.failed == 0

@@ -20,8 +20,6 @@ import pathlib
 import numpy as np
 import pytest
 
-import optax_adaptive as oa
-
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "docs" / "examples"
 
 # name -> (main()'s tiny-budget kwargs, a key its diagnostics must hold)
@@ -33,33 +31,6 @@ BUDGETS = {
     "labpal": (dict(steps=40), "labpal/labpal_step_length"),
     "adas": (dict(steps=24, steps_per_epoch=4), "adas/layer_lr"),
 }
-
-# Public names the examples use -> private module, while the lead has not
-# re-exported them yet. Each entry is a no-op once ``optax_adaptive`` has
-# the name.
-_PRIVATE = {
-    "TrainState": "_flax",
-    "diagnostics": "_diagnostics",
-    "autodrop": "_autodrop",
-    "pal": "_labpal",
-    "labpal": "_labpal",
-    "nnx_value_fn": "_flax_utils",
-    "adas": "_adas",
-    "adas_layer_names": "_adas",
-}
-
-
-@pytest.fixture
-def public_names(monkeypatch):
-  for name, module in _PRIVATE.items():
-    if not hasattr(oa, name):
-      try:
-        value = getattr(
-            importlib.import_module(f"optax_adaptive.{module}"), name)
-      except (ImportError, AttributeError):
-        continue
-      monkeypatch.setattr(oa, name, value, raising=False)
-
 
 def _load(name):
   path = EXAMPLES / f"{name}.py"
@@ -80,8 +51,7 @@ FAST = ("cprop_autodrop", "pal")
 @pytest.mark.parametrize("name", [
     pytest.param(name, marks=() if name in FAST else (pytest.mark.slow,))
     for name in sorted(BUDGETS)])
-def test_example_trains(name, public_names, capsys):
-  del public_names
+def test_example_trains(name, capsys):
   if not (EXAMPLES / f"{name}.py").exists():
     pytest.skip(f"examples/{name}.py not written yet")
   try:

@@ -22,6 +22,7 @@ import pytest
 from flax import nnx
 from flax.training import train_state as flax_train_state
 
+import optax_adaptive as oa
 from tests import _cnn_tasks as T
 from tests import _utils
 
@@ -47,11 +48,11 @@ def _build(method):
 
 
 def _nnx_value_fn(model, loss_fn):
-  return T.public_or_private("nnx_value_fn", "_flax_utils")(model, loss_fn)
+  return oa.nnx_value_fn(model, loss_fn)
 
 
 def _train_state_cls():
-  return T.public_or_private("TrainState", "_flax")
+  return oa.TrainState
 
 
 DATA = T.make_data(steps=STEPS)
@@ -233,7 +234,7 @@ def test_train_state_replaces_dataclass_fields_and_rejects_computed_ones():
 
 def test_train_state_overwrite_with_gradient_params():
   owg = flax_train_state.OVERWRITE_WITH_GRADIENT
-  cprop_sgd = T.public_or_private("cprop_sgd", "_cprop")
+  cprop_sgd = oa.cprop_sgd
   params = {"params": {"w": jnp.ones(2)}, owg: {"scale": jnp.ones(())}}
   state = _train_state_cls().create(apply_fn=None, params=params,
                                     tx=cprop_sgd(learning_rate=0.1))
@@ -243,15 +244,9 @@ def test_train_state_overwrite_with_gradient_params():
   assert float(new.params[owg]["scale"]) == 5.0
 
 
-def test_docstring_examples(monkeypatch):
+def test_docstring_examples():
   import doctest
 
-  import optax_adaptive as oa
   from optax_adaptive import _flax
-  # Until optax_adaptive re-exports the names the example uses.
-  for name, module in (("TrainState", "_flax"), ("pal", "_labpal")):
-    if not hasattr(oa, name):
-      monkeypatch.setattr(oa, name, T.public_or_private(name, module),
-                          raising=False)
   result = doctest.testmod(_flax, optionflags=doctest.ELLIPSIS)
   assert result.attempted > 0 and result.failed == 0

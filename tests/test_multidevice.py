@@ -28,6 +28,7 @@ import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+import optax_adaptive as oa
 from tests import _cnn_tasks as T
 from tests import _utils
 
@@ -240,8 +241,8 @@ def test_adas_gathers_kernels_only_at_epoch_end():
   """With FSDP params, AdaS's per-step update is local; only the epoch-end
   SVD all-gathers the sharded kernels."""
   _require(T.METHODS_BY_NAME["adas"])
-  adas_fn = T.public_or_private("adas", "_adas")
-  end_epoch = T.public_or_private("adas_end_epoch", "_adas")
+  adas_fn = oa.adas
+  end_epoch = oa.adas_end_epoch
   mesh = _explicit_mesh()
   with jax.set_mesh(mesh):
     params = T.init_params()
