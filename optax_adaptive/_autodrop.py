@@ -102,7 +102,7 @@ def angular_velocity_degrees(
 ) -> jax.Array:
   """Angle in degrees with ``eps`` added to the product of the norms.
 
-  Unlike :func:`optax_adaptive._common.angle_degrees` (0° for a zero vector),
+  Unlike a plain clipped arccos (0° for a zero vector),
   the paper's ε puts the angle with a zero displacement at 90° (spec §1.1):
 
   .. math::

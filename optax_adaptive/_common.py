@@ -15,9 +15,9 @@
 """Helpers shared by every transformation of optax_adaptive.
 
 Everything that more than one method needs lives here once: the dtype policy
-for statistics, safe division, tree reductions in float32, the angle between
-two pytrees, schedules, and hyperparameter validation that stays out of the
-way of :func:`optax.inject_hyperparams`.
+for statistics, safe division, the float32 dot product of two pytrees,
+schedules, and hyperparameter validation that stays out of the way of
+:func:`optax.inject_hyperparams`.
 """
 
 from __future__ import annotations
@@ -103,43 +103,6 @@ def tree_vdot_f32(a: optax.Params, b: optax.Params) -> jax.Array:
   if not parts:
     return jnp.zeros((), jnp.float32)
   return sum(parts[1:], parts[0])
-
-
-def tree_sum_f32(tree: optax.Params) -> jax.Array:
-  """Sum of every element of ``tree``, accumulated in at least float32."""
-  parts = [
-      jnp.sum(x, dtype=stats_dtype(x.dtype)) for x in jax.tree.leaves(tree)
-  ]
-  if not parts:
-    return jnp.zeros((), jnp.float32)
-  return sum(parts[1:], parts[0])
-
-
-def tree_mean_f32(tree: optax.Params) -> jax.Array:
-  """Element-weighted mean over every leaf of ``tree`` (0 for empty trees)."""
-  size = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-  total = tree_sum_f32(tree)
-  return total / max(size, 1)
-
-
-def angle_degrees(
-    dot: jax.Array, sq_norm_a: jax.Array, sq_norm_b: jax.Array
-) -> jax.Array:
-  """The angle in degrees between two vectors given ``<a,b>, |a|², |b|²``.
-
-  Returns 0 when either vector is zero, and clips the cosine to [-1, 1] so
-  that rounding never produces NaN.
-  """
-  denom = jnp.sqrt(sq_norm_a) * jnp.sqrt(sq_norm_b)
-  cosine = jnp.clip(safe_divide(dot, denom, 1.0), -1.0, 1.0)
-  return jnp.degrees(jnp.arccos(cosine))
-
-
-def tree_angle_degrees(a: optax.Params, b: optax.Params) -> jax.Array:
-  """Angle in degrees between two pytrees flattened into one vector each."""
-  return angle_degrees(
-      tree_vdot_f32(a, b), tree_vdot_f32(a, a), tree_vdot_f32(b, b)
-  )
 
 
 # -------------------------------------------------------------- schedules
