@@ -300,12 +300,12 @@ def adas_layer_names(
   """Names of the conv layers, in the order of ``state.layer_lr``.
 
   With ``params`` the names are derived from them; without, the names
-  recorded by the last ``init`` with the same settings and layer count are
-  returned (pass ``params`` when two models share identical settings).
+  recorded by the last ``init`` with the same ``layer_groups`` and layer count
+  are returned (pass ``params`` when two models share both).
   """
   if params is not None:
     return _build_layout(params, state.config.layer_groups).layer_names
-  key = (state.config, state.layer_lr.shape[0])
+  key = (state.config.layer_groups, state.layer_lr.shape[0])
   if key not in _NAMES_AT_INIT:
     raise ValueError("adas_layer_names: pass `params` (no init recorded).")
   return _NAMES_AT_INIT[key]
@@ -567,7 +567,9 @@ def adas(
   def init_fn(params):
     layout = _build_layout(params, layer_groups)
     if layout.n_layers:
-      _NAMES_AT_INIT[config, layout.n_layers] = layout.layer_names
+      # Keyed by what the names depend on; numeric settings such as ``p``
+      # may be arrays under inject_hyperparams and are not hashable.
+      _NAMES_AT_INIT[layer_groups, layout.n_layers] = layout.layer_names
     fdt = _common.widest_float_dtype(params)
     n = layout.n_layers
     scalar = lambda v: jnp.asarray(v, fdt)
