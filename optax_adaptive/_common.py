@@ -138,9 +138,12 @@ def check_range(
 ) -> None:
   """Raises ``ValueError`` naming ``name`` if a concrete value is out of range.
 
-  Non-concrete values (traced arrays, schedules) are accepted unchecked.
+  Non-concrete values (traced arrays, schedules) are accepted unchecked;
+  anything else that is not a number (a string, None, a bool, a list) raises
+  ``TypeError`` naming ``name``.
   """
   if not is_concrete_number(value):
+    check_number_type(name, value)
     return
   value = float(value)
   bad = np.isnan(value)
@@ -154,6 +157,22 @@ def check_range(
     right = "inf)" if upper is None else f"{upper}"
     right += "" if upper is None else ("]" if upper_inclusive else ")")
     raise ValueError(f"`{name}` must be in {left}, {right}; got {value}.")
+
+
+def check_number_type(name: str, value: Any) -> None:
+  """Raises ``TypeError`` naming ``name`` unless ``value`` can be a number.
+
+  Accepted: Python/NumPy real numbers, arrays (concrete or traced) and
+  callables (schedules); rejected: strings, None, bools, containers.
+  """
+  if is_concrete_number(value) or callable(value):
+    return
+  if isinstance(value, (jax.Array, np.ndarray)) or hasattr(
+      value, "__jax_array__"):
+    return
+  raise TypeError(
+      f"`{name}` must be a real number; got {type(value).__name__}"
+      f" {value!r}.")
 
 
 def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
@@ -205,3 +224,47 @@ def require_extra_arg(value: Any, name: str, method: str) -> None:
 def inner_update_fn(inner: optax.GradientTransformation) -> Callable[..., Any]:
   """The inner transformation's update, accepting extra keyword arguments."""
   return optax.with_extra_args_support(inner).update
+
+
+def _leaf_path(path) -> str:
+  return jax.tree_util.keystr(path) or "<root>"
+
+
+def check_float_leaves(params: Any, method: str, *, maskable: bool = True):
+  """Raises ``TypeError`` naming the first leaf that is not real floating.
+
+  Integer, bool and complex leaves (an int32 step counter, say) cannot be
+  optimised: their updates would be rounded or their imaginary part dropped.
+  Works on arrays and :class:`jax.ShapeDtypeStruct` leaves (``init``).
+  ``maskable`` says whether the fix is ``optax.masked`` (line searches must
+  be outermost, so for them it is keeping such leaves out of the params).
+  """
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    dtype = getattr(leaf, "dtype", None)
+    dtype = jnp.result_type(leaf) if dtype is None else jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating):
+      continue
+    fix = (
+        "exclude it with `optax.masked(tx, mask)` (mask True on float leaves)"
+        if maskable else
+        "keep it out of the params given to the optimizer (e.g."
+        " `nnx.Optimizer(model, tx, wrt=nnx.Param)`)")
+    raise TypeError(
+        f"{method}: leaf {_leaf_path(path)} has dtype {dtype}; only real"
+        f" floating-point leaves can be optimised; {fix}.")
+
+
+def reject_masked_nodes(params: Any, method: str) -> None:
+  """Raises ``ValueError`` when ``params`` has ``optax.MaskedNode`` holes.
+
+  ``optax.masked`` and ``optax.partition`` hand their inner transformation
+  such a tree; a line search would then evaluate ``value_fn`` on a partial
+  model (optax-conventions §0.7).
+  """
+  is_hole = lambda x: isinstance(x, optax.MaskedNode)
+  if any(is_hole(x) for x in jax.tree.leaves(params, is_leaf=is_hole)):
+    raise ValueError(
+        f"{method} must be the outermost transformation: it got params with"
+        " `optax.MaskedNode` holes, i.e. it runs inside `optax.masked` or"
+        " `optax.partition`, where `value_fn` would not see the whole"
+        " model. Apply it at the top level instead.")
