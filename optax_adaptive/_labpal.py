@@ -106,6 +106,12 @@ def _scaled_like(
   )
 
 
+def _zero_unless(moved: jax.Array, updates: optax.Updates) -> optax.Updates:
+  """``updates`` where ``moved``, else exact zeros (even for NaN entries)."""
+  return jax.tree.map(
+      lambda u: jnp.where(moved, u, jnp.zeros_like(u)), updates)
+
+
 def _loss_scalar(loss: Any, dtype: jnp.dtype) -> jax.Array:
   return jnp.asarray(loss).astype(dtype).reshape(())
 
@@ -292,9 +298,12 @@ def scale_by_pal(
         jnp.asarray(max_step, dtype),
         loss_eps,
     )
-    new_updates = _scaled_like(unit, step, params)  # spec §2.8
+    # A non-finite direction is a zero step (spec §7.2): 0 * NaN is not 0.
+    moved = step > 0
+    new_updates = _zero_unless(
+        moved, _scaled_like(unit, step, params))  # spec §2.8
     new_state = ScaleByPalState(
-        pal_learning_rate=step / norm,
+        pal_learning_rate=jnp.where(moved, step / norm, 0.0).astype(dtype),
         pal_step_length=step,
         info=PalInfo(
             value_mu=value_mu,
@@ -798,9 +807,9 @@ def scale_by_labpal(
     )
     have_estimate = state.have_estimate | ok_fit
     move = ok_dir & have_estimate  # spec §7.3, step 6
-    updates = _scaled_like(
+    updates = _zero_unless(move, _scaled_like(
         unit, jnp.where(move, -new_step, 0.0).astype(fdt), params
-    )
+    ))  # a rejected (e.g. non-finite) direction does not move
     done = jnp.where(
         move, optax.safe_int32_increment(state.updates_done),
         state.updates_done,
