@@ -329,7 +329,8 @@ def _measure(layout: _Layout, config: _Config,
   kernels = []
   for leaf, stack in zip(layout.kernel_leaf, layout.stack_shape):
     kernel = _replicated(leaves[leaf])
-    kernels.append(kernel.reshape((-1, *kernel.shape[len(stack):])))
+    layers = int(np.prod(stack, dtype=np.int64))  # not -1: size may be 0
+    kernels.append(kernel.reshape((layers, *kernel.shape[len(stack):])))
   gains = _spectral.knowledge_gains(
       kernels, config.p, config.solver, transpose_tall=config.transpose_tall,
       spectrum=config.spectrum)
@@ -420,6 +421,7 @@ def adas_end_epoch(state: Any, params: optax.Params) -> Any:
     >>> round(float(state.layer_lr[0]), 6)  # epoch 0 sets R = eta_0
     0.1
   """
+  _common.require_params(params, "adas_end_epoch")
   is_adas = lambda x: isinstance(x, AdasState)
   found = [x for x in jax.tree.leaves(state, is_leaf=is_adas) if is_adas(x)]
   if not found:
@@ -551,8 +553,7 @@ def adas(
   _common.check_range("min_lr", min_lr, lower=0.0)
   _common.check_range("momentum", momentum, lower=0.0, upper=1.0)
   _common.check_range("weight_decay", weight_decay, lower=0.0)
-  if _common.is_concrete_number(p) and p not in (1, 2):
-    raise ValueError(f"`p` must be 1 or 2; got {p}.")
+  _spectral.check_p(p)
   if steps_per_epoch is not None and not isinstance(steps_per_epoch,
                                                     jax.Array):
     _common.check_positive_int("steps_per_epoch", steps_per_epoch)
@@ -565,6 +566,7 @@ def adas(
       _common.is_concrete_number(weight_decay) and weight_decay == 0)
 
   def init_fn(params):
+    _common.check_float_leaves(params, "adas")
     layout = _build_layout(params, layer_groups)
     if layout.n_layers:
       # Keyed by what the names depend on; numeric settings such as ``p``

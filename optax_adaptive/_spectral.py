@@ -93,6 +93,13 @@ class KnowledgeGain(NamedTuple):
 # -------------------------------------------------------------- unfoldings
 
 
+def _unfold(kernel: jax.Array, axis: int) -> jax.Array:
+  """``axis`` first, the rest flattened; explicit sizes, so that a kernel
+  with a zero-sized axis unfolds too (a ``-1`` would be ambiguous)."""
+  moved = jnp.moveaxis(kernel, axis, 0)
+  return moved.reshape(moved.shape[0], math.prod(moved.shape[1:]))
+
+
 def input_unfolding(kernel: jax.Array) -> jax.Array:
   """Mode-3 unfolding of a Flax ``(spatial..., in, out)`` kernel, §1.2.
 
@@ -100,7 +107,7 @@ def input_unfolding(kernel: jax.Array) -> jax.Array:
   has shape ``(in, prod(spatial) * out)``. Extra leading axes are not
   allowed: vmap over them.
   """
-  return jnp.moveaxis(kernel, -2, 0).reshape(kernel.shape[-2], -1)
+  return _unfold(kernel, -2)
 
 
 def output_unfolding(kernel: jax.Array) -> jax.Array:
@@ -109,7 +116,7 @@ def output_unfolding(kernel: jax.Array) -> jax.Array:
   Row ``o`` holds the weights of output filter ``o``; the result has shape
   ``(out, prod(spatial) * in)``.
   """
-  return jnp.moveaxis(kernel, -1, 0).reshape(kernel.shape[-1], -1)
+  return _unfold(kernel, -1)
 
 
 # ---------------------------------------------------------------- spectrum
@@ -394,8 +401,18 @@ def evbmf(
   return _evbmf_jit(jnp.asarray(matrix), solver, spectrum)
 
 
+def _empty_evbmf(matrix: jax.Array) -> EVBMFResult:
+  """EVBMF of ``(..., L, M)`` matrices with L or M zero: nothing retained."""
+  batch = matrix.shape[:-2]
+  dtype = _common.stats_dtype(matrix.dtype)
+  return EVBMFResult(jnp.zeros(batch, dtype), jnp.zeros(batch, jnp.int32),
+                     jnp.zeros((*batch, min(matrix.shape[-2:])), dtype))
+
+
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _evbmf_jit(matrix, solver, spectrum):
+  if 0 in matrix.shape[-2:]:  # an empty matrix has no components: rank 0
+    return _empty_evbmf(matrix)
   geo = _geometry(*matrix.shape[-2:])
   s2 = squared_singular_values(matrix, spectrum)
   core = lambda v: _evbmf_from_spectrum(v, geo, solver)
@@ -423,6 +440,13 @@ def gain_and_condition(shrunk, rank, normaliser, p=1):
 
 
 # --------------------------------------------------------- knowledge gain
+
+
+def check_p(p) -> None:
+  """The exponent of §1.4 is 1 or 2 (arrays, e.g. traced, pass unchecked)."""
+  _common.check_number_type("p", p)
+  if _common.is_concrete_number(p) and p not in (1, 2):
+    raise ValueError(f"`p` must be 1 or 2; got {p}.")
 
 
 def _unfoldings_of(kernels: jax.Array):
@@ -470,13 +494,19 @@ def knowledge_gains(
 def _knowledge_gains(kernels, p, solver, transpose_tall, spectrum):
   # (kernel index, mode) -> matrices, grouped by effective shape.
   groups = collections.defaultdict(list)
+  results = {}
   for index, kernel in enumerate(kernels):
     for mode, unfolded in enumerate(_unfoldings_of(kernel)):
       rows = unfolded.shape[-2]
+      if 0 in unfolded.shape[-2:]:  # a zero-sized axis: rank 0, G = 0
+        zeros = jnp.zeros(unfolded.shape[:1],
+                          _common.stats_dtype(unfolded.dtype))
+        results[index, mode] = (zeros, zeros,
+                                jnp.zeros(zeros.shape, jnp.int32))
+        continue
       if transpose_tall and unfolded.shape[-2] > unfolded.shape[-1]:
         unfolded = jnp.swapaxes(unfolded, -1, -2)
       groups[unfolded.shape[-2:]].append((index, mode, rows, unfolded))
-  results = {}
   for shape, members in groups.items():
     geo = _geometry(*shape)
     stacked = jnp.concatenate([m[3] for m in members], axis=0)
@@ -550,6 +580,8 @@ def knowledge_gain(
   References:
     Hosseini & Plataniotis, `AdaS <https://arxiv.org/abs/2006.06587>`_, 2020.
   """
+  check_p(p)
+  kernel = jnp.asarray(kernel)
   if kernel.ndim < 2:
     raise ValueError(
         f"`kernel` must have at least 2 dimensions; got shape {kernel.shape}.")
