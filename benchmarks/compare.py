@@ -8,6 +8,8 @@ Usage::
   python -m benchmarks.compare --task digits --optimizers sgd-step,adas
   python -m benchmarks.compare --tune           # grid for the SGD baselines
   python -m benchmarks.compare --list           # the registry
+  python -m benchmarks.compare --full --report  # tables and plots again,
+                                                # from the stored run JSONs
 
 Writes ``<out>/<task>/<optimizer>_seed<k>.json`` per run,
 ``<out>/<task>/table.md`` (mean ± std over seeds), ``summary.json`` and PNG
@@ -154,8 +156,12 @@ def claims(records: dict[str, list[dict]]) -> str:
 
 
 def _machine() -> str:
+  import jax
+
+  device = jax.devices()[0]
   return (f"{platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPU cores visible, python "
+          f"{os.cpu_count()} CPU cores visible, {jax.default_backend()} "
+          f"device {device.device_kind} x{jax.device_count()}, python "
           f"{platform.python_version()}, jax {_version('jax')}, "
           f"optax {optax.__version__}, flax {_version('flax')}")
 
@@ -214,11 +220,19 @@ def run_task(task, names, *, seeds, epochs, out, plots=True, log=print):
         log(f"[{task.name}] FAILED {name}: {skipped[name]}")
         bar.update(done_before + seeds * epochs - bar.n)
   elapsed = time.perf_counter() - start
+  table = _write_outputs(task, records, skipped, epochs, seeds, task_dir,
+                         plots=plots, elapsed=elapsed, machine=_machine())
+  return table, elapsed
+
+
+def _write_outputs(task, records, skipped, epochs, seeds, task_dir, *,
+                   plots, elapsed, machine) -> str:
+  """table.md, summary.json and the plots of one task; returns the table."""
   table = summarize(task, records, skipped, epochs, seeds) + claims(records)
   (task_dir / "table.md").write_text(table)
   (task_dir / "summary.json").write_text(json.dumps({
       "task": task.name, "epochs": epochs, "seeds": seeds,
-      "elapsed_s": elapsed, "machine": _machine(),
+      "elapsed_s": elapsed, "machine": machine,
       "skipped": skipped,
       "runs": {n: [{k: v for k, v in r.items() if k not in ("curves", "trace")}
                    for r in rs] for n, rs in records.items()},
@@ -226,7 +240,31 @@ def run_task(task, names, *, seeds, epochs, out, plots=True, log=print):
   if plots and records:
     from benchmarks import plots as plot_lib
     plot_lib.plot_task(task, records, task_dir)
-  return table, elapsed
+  return table
+
+
+def report_task(task, names, *, seeds, epochs, out, plots=True):
+  """Rebuilds a task's table and plots from the run JSON files in ``out``.
+
+  Runs are read from ``<out>/<task>/<optimizer>_seed<k>.json``; an optimizer
+  with fewer than ``seeds`` runs of ``epochs`` epochs is listed as skipped,
+  never averaged over fewer seeds silently.
+  """
+  task_dir = out / task.name
+  records, skipped = {}, {}
+  for name in names:
+    paths = [task_dir / f"{name}_seed{k}.json" for k in range(seeds)]
+    runs = [json.loads(p.read_text()) for p in paths if p.exists()]
+    runs = [r for r in runs if r["epochs"] == epochs]
+    if len(runs) == seeds:
+      records[name] = runs
+    else:
+      skipped[name] = (f"{len(runs)}/{seeds} runs of {epochs} epochs in "
+                       f"{task_dir}")
+  machine = f"rendered from stored runs on {_machine()}"
+  table = _write_outputs(task, records, skipped, epochs, seeds, task_dir,
+                         plots=plots, elapsed=0.0, machine=machine)
+  return table
 
 
 # ------------------------------------------------------------------ tuning
@@ -303,6 +341,9 @@ def _parse(argv):
   parser.add_argument("--tune", action="store_true",
                       help="run the SGD tuning grid on the validation split")
   parser.add_argument("--no-plots", action="store_true")
+  parser.add_argument("--report", action="store_true",
+                      help="train nothing: rebuild tables and plots from the "
+                      "run JSON files already in --out")
   parser.add_argument("--list", action="store_true",
                       help="print the registry with availability and exit")
   return parser.parse_args(argv)
@@ -333,6 +374,10 @@ def main(argv=None) -> int:
                              else task.default_epochs)
     if args.tune:
       tune(task, seeds=seeds, epochs=epochs, out=out)
+      continue
+    if args.report:
+      print(report_task(task, names, seeds=seeds, epochs=epochs, out=out,
+                        plots=not args.no_plots))
       continue
     table, elapsed = run_task(task, names, seeds=seeds, epochs=epochs,
                               out=out, plots=not args.no_plots)

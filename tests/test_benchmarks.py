@@ -58,6 +58,25 @@ def test_compare_writes_json_table_and_plots(tmp_path, tiny_digits,
     assert (out / png).stat().st_size > 0
 
 
+def test_report_rebuilds_the_table_from_stored_runs(tmp_path, tiny_digits):
+  args = ["--task", tiny_digits.name, "--optimizers", "sgd,adam",
+          "--epochs", "1", "--seeds", "2", "--out", str(tmp_path),
+          "--no-plots"]
+  compare.main(args)
+  out = tmp_path / tiny_digits.name
+  trained = (out / "table.md").read_text()
+  (out / "table.md").unlink()
+
+  compare.main([*args, "--report"])
+  assert (out / "table.md").read_text() == trained
+
+  (out / "adam_seed1.json").unlink()  # an incomplete optimizer is skipped
+  compare.main([*args, "--report"])
+  table = (out / "table.md").read_text()
+  assert "| sgd | baseline |" in table
+  assert "| adam | baseline | skipped: 1/2 runs of 1 epochs" in table
+
+
 def test_training_is_deterministic_per_seed(tiny_digits):
   trainer = train.Trainer(tiny_digits, registry.get("sgd"), epochs=1)
   first, again, other = trainer.run(0), trainer.run(0), trainer.run(1)
