@@ -29,7 +29,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from optax_adaptive import _common
@@ -38,16 +37,6 @@ _SIGMA_FLOOR = 1e-12  # spec §1.2 step 3: guards a constant buffer (std = 0).
 
 
 # ----------------------------------------------------------------- helpers
-
-
-def _check_int_hyperparam(name: str, value: Any, *, lower: int) -> None:
-  """Validates a count that may also arrive traced from inject_hyperparams."""
-  if isinstance(value, jax.Array):  # traced under inject_hyperparams
-    return
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"`{name}` must be a Python int >= {lower}; got {value!r}.")
-  if value < lower:
-    raise ValueError(f"`{name}` must be >= {lower}; got {value}.")
 
 
 def _check_state_dtype(state_dtype: Any) -> None:
@@ -309,7 +298,7 @@ def autodrop(
     buffers in place (zero- or one-trip while loops, so ``update`` cannot be
     differentiated in reverse mode).
   """
-  _check_int_hyperparam("window_size", window_size, lower=1)
+  _common.check_count("window_size", window_size, lower=1)
   _common.check_positive_int("buffer_size", buffer_size)
   _common.check_range("drop_factor", drop_factor, lower=0.0, upper=1.0,
                       lower_inclusive=False)
@@ -321,6 +310,7 @@ def autodrop(
   _check_state_dtype(state_dtype)
 
   def init_fn(params):
+    _common.check_float_leaves(params, "autodrop")
     zeros = lambda: _state_zeros_like(params, state_dtype)
     return AutoDropState(
         window_step=jnp.zeros([], jnp.int32),
@@ -535,8 +525,8 @@ def autodrop_v1(
     Automatic Learning Rate Drop <https://arxiv.org/abs/2111.15317>`_, 2021
     (v1), and github.com/yunfei-teng/AutoDrop.
   """
-  _check_int_hyperparam("steps_per_epoch", steps_per_epoch, lower=2)
-  _check_int_hyperparam("patience_epochs", patience_epochs, lower=1)
+  _common.check_count("steps_per_epoch", steps_per_epoch, lower=2)
+  _common.check_count("patience_epochs", patience_epochs, lower=1)
   _common.check_range("drop_factor", drop_factor, lower=0.0, upper=1.0,
                       lower_inclusive=False)
   _common.check_range("theta0", theta0, lower=0.0)
@@ -546,6 +536,7 @@ def autodrop_v1(
   _check_state_dtype(state_dtype)
 
   def init_fn(params):
+    _common.check_float_leaves(params, "autodrop_v1")
     zeros = lambda: _state_zeros_like(params, state_dtype)
     return AutoDropV1State(
         epoch_step=jnp.zeros([], jnp.int32),

@@ -195,6 +195,21 @@ def check_positive_int(name: str, value: Any, *, allow_none: bool = False):
     raise ValueError(f"`{name}` must be >= 1; got {value}.")
 
 
+def check_count(name: str, value: Any, *, lower: int) -> None:
+  """Raises unless ``value`` is an int >= ``lower``; arrays pass unchecked.
+
+  For counts that :func:`optax.inject_hyperparams` may pass as (traced)
+  arrays: ``TypeError`` for a float, a string or None, ``ValueError`` below
+  ``lower``.
+  """
+  if isinstance(value, (jax.Array, np.ndarray)):
+    return
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"`{name}` must be a Python int >= {lower}; got {value!r}.")
+  if value < lower:
+    raise ValueError(f"`{name}` must be an int >= {lower}; got {value}.")
+
+
 def check_callable(name: str, value: Any, *, allow_none: bool = False):
   """Raises ``TypeError`` unless ``value`` is callable."""
   if value is None and allow_none:

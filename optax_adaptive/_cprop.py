@@ -293,10 +293,16 @@ def cprop(
     and ``chain(adam, cprop_like)`` would take statistics of Adam's smoothed
     updates instead of the raw gradients (spec §5.1).
   """
+  if not (callable(getattr(inner, "init", None))
+          and callable(getattr(inner, "update", None))):
+    raise TypeError(
+        "`inner` must be an optax transformation such as"
+        f" `optax.sgd(0.1)` (not the factory itself); got {inner!r}.")
   _check_cprop_hyperparams(beta, c, eps, "eps", cdf)
   inner_update = _common.inner_update_fn(inner)
 
   def init_fn(params):
+    _common.check_float_leaves(params, "cprop")
     return CPropState(
         count=jnp.zeros([], jnp.int32),
         m=_common.stats_zeros_like(params),
@@ -409,6 +415,7 @@ def cprop_sgd(
     Preechakul & Kijsirikul, `CProp: Adaptive Learning Rate Scaling from Past
     Gradient Conformity <https://arxiv.org/abs/1912.11493>`_, 2019.
   """
+  _common.check_range("learning_rate", learning_rate, lower=0.0)
   _common.check_range("weight_decay", weight_decay, lower=0.0)
   _common.check_range("momentum", momentum, lower=0.0)
   no_momentum = _common.is_concrete_number(momentum) and momentum == 0
@@ -508,11 +515,13 @@ def cprop_adam(
   for name, value in (("b1", b1), ("b2", b2)):
     _common.check_range(name, value, lower=0.0, upper=1.0,
                         upper_inclusive=False)
+  _common.check_range("learning_rate", learning_rate, lower=0.0)
   _common.check_range("eps", eps, lower=0.0)
   _common.check_range("weight_decay", weight_decay, lower=0.0)
   share = _shares_second_moment(b2, beta)
 
   def init_fn(params):
+    _common.check_float_leaves(params, "cprop_adam")
     zeros = lambda: _common.stats_zeros_like(params)
     return CPropAdamState(
         count=jnp.zeros([], jnp.int32),
