@@ -242,6 +242,7 @@ def scale_by_pal(
   _check_axis_name(axis_name)
 
   def init_fn(params: optax.Params) -> ScaleByPalState:
+    _common.check_float_leaves(params, "scale_by_pal", maskable=False)
     dtype = _scalar_dtype(params)
     # A fresh buffer per field, so that the state can be donated.
     zero = lambda: jnp.zeros((), dtype)
@@ -268,6 +269,7 @@ def scale_by_pal(
       **extra_args: Any,
   ) -> tuple[optax.Updates, ScaleByPalState]:
     _common.require_params(params, "scale_by_pal")
+    _common.reject_masked_nodes(params, "scale_by_pal")
     _common.require_extra_arg(value, "value", "scale_by_pal")
     _common.require_extra_arg(value_fn, "value_fn", "scale_by_pal")
     _common.check_callable("value_fn", value_fn)
@@ -606,8 +608,8 @@ def scale_by_labpal(
   _common.check_positive_int("avg_window", avg_window)
   if not isinstance(approx_batches, jax.Array):
     _common.check_positive_int("approx_batches", approx_batches)
-  _common.check_range("reuse_steps", reuse_steps, lower=1.0)
-  _common.check_range("untrusted_updates", untrusted_updates, lower=0.0)
+  _common.check_count("reuse_steps", reuse_steps, lower=1)
+  _common.check_count("untrusted_updates", untrusted_updates, lower=0)
   _common.check_range("measure_step", measure_step, lower=0.0,
                       lower_inclusive=False)
   _common.check_range("fd_step", fd_step, lower=0.0, lower_inclusive=False)
@@ -629,6 +631,8 @@ def scale_by_labpal(
     raise TypeError(
         f"`norm_bounds` must be a tuple (low, high); got {norm_bounds!r}."
     )
+  for bound in norm_bounds:
+    _common.check_number_type("norm_bounds", bound)
   if all(_common.is_concrete_number(b) for b in norm_bounds) and not (
       0 <= norm_bounds[0] < norm_bounds[1]
   ):
@@ -641,6 +645,7 @@ def scale_by_labpal(
   )
 
   def init_fn(params: optax.Params) -> ScaleByLabpalState:
+    _common.check_float_leaves(params, "scale_by_labpal", maskable=False)
     dtype = _scalar_dtype(params)
     # A fresh buffer per field, so that the state can be donated.
     zero = lambda: jnp.zeros((), dtype)
@@ -862,6 +867,7 @@ def scale_by_labpal(
   ) -> tuple[optax.Updates, ScaleByLabpalState]:
     del updates, value  # LABPAL builds its direction from `grad` (§7.3).
     _common.require_params(params, "scale_by_labpal")
+    _common.reject_masked_nodes(params, "scale_by_labpal")
     _common.require_extra_arg(grad, "grad", "scale_by_labpal")
     _common.require_extra_arg(value_fn, "value_fn", "scale_by_labpal")
     _common.check_callable("value_fn", value_fn)
