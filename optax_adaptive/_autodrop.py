@@ -61,6 +61,17 @@ def _state_zeros_like(params: optax.Params, state_dtype: Any) -> optax.Params:
   return jax.tree.map(lambda x: jnp.zeros_like(x, dtype=state_dtype), params)
 
 
+def _sq_norm_dtype(params: optax.Params, state_dtype: Any) -> jnp.dtype:
+  """The dtype of |s|², as summed over the buffers (float64 for float64 ones).
+
+  A float32 |s|² of float64 buffers would overflow for |s| > 1.8e19 and
+  round the angle's cosine to float32.
+  """
+  if state_dtype is None:
+    return _common.widest_float_dtype(params)
+  return jnp.promote_types(state_dtype, jnp.float32)
+
+
 def _tree_sum_products(
     a: optax.Updates, b: optax.Updates, axis_name: Hashable | None
 ) -> jax.Array:
@@ -166,7 +177,7 @@ class AutoDropState(NamedTuple):
   mean_offset: optax.Updates  # params-shaped f32 (or ()): x_last - y_i
   prev_mean: optax.Params  # params-shaped f32: y_{i-1}
   prev_displacement: optax.Updates  # params-shaped f32: s_{i-1}
-  prev_sq_norm: jax.Array  # shape=(), dtype=jnp.float32: |s_{i-1}|²
+  prev_sq_norm: jax.Array  # shape=(), float32 (float64 buffers: float64)
   omega_buffer: jax.Array  # shape=(buffer_size,), dtype=jnp.float32
   buffer_len: jax.Array  # shape=(), dtype=jnp.int32
   smoothed_omega: jax.Array  # shape=(), dtype=jnp.float32; last C
@@ -318,7 +329,7 @@ def autodrop(
         mean_offset=zeros() if average_window else (),
         prev_mean=zeros(),
         prev_displacement=zeros(),
-        prev_sq_norm=jnp.zeros([], jnp.float32),
+        prev_sq_norm=jnp.zeros([], _sq_norm_dtype(params, state_dtype)),
         omega_buffer=jnp.zeros([buffer_size], jnp.float32),
         buffer_len=jnp.zeros([], jnp.int32),
         smoothed_omega=jnp.zeros([], jnp.float32),
@@ -360,7 +371,7 @@ def autodrop(
       has_smoothed &= ~drop
     return _Detector(
         n_means=jnp.minimum(det.n_means + 1, 2).astype(jnp.int32),
-        prev_sq_norm=sq_norm.astype(jnp.float32),
+        prev_sq_norm=sq_norm.astype(det.prev_sq_norm.dtype),
         omega_buffer=buffer,
         buffer_len=buffer_len,
         smoothed_omega=jnp.where(smoothed, c, det.smoothed_omega).astype(
@@ -435,7 +446,7 @@ class AutoDropV1State(NamedTuple):
   n_snapshots: jax.Array  # shape=(), dtype=jnp.int32; ≤ 3
   prev_snapshot: optax.Params  # params-shaped f32: x_{e-1}
   prev_displacement: optax.Updates  # params-shaped f32: s_{e-1}
-  prev_sq_norm: jax.Array  # shape=(), dtype=jnp.float32: |s_{e-1}|²
+  prev_sq_norm: jax.Array  # shape=(), float32 (float64 buffers: float64)
   weighted_sum: optax.Params  # params-shaped f32 (or ()): Σ j·x^(j)
   prev_omega: jax.Array  # shape=(), dtype=jnp.float32; ω_{e-1}
   last_omega: jax.Array  # shape=(), dtype=jnp.float32; degrees
@@ -543,7 +554,7 @@ def autodrop_v1(
         n_snapshots=jnp.zeros([], jnp.int32),
         prev_snapshot=zeros(),
         prev_displacement=zeros(),
-        prev_sq_norm=jnp.zeros([], jnp.float32),
+        prev_sq_norm=jnp.zeros([], _sq_norm_dtype(params, state_dtype)),
         weighted_sum=zeros() if average_on_drop else (),
         prev_omega=jnp.zeros([], jnp.float32),
         last_omega=jnp.zeros([], jnp.float32),
@@ -592,7 +603,7 @@ def autodrop_v1(
         n_snapshots=jnp.minimum(state.n_snapshots + 1, 3).astype(jnp.int32),
         prev_snapshot=snap,
         prev_displacement=disp,
-        prev_sq_norm=sq_norm.astype(jnp.float32),
+        prev_sq_norm=sq_norm.astype(state.prev_sq_norm.dtype),
         weighted_sum=weighted_sum,
         prev_omega=jnp.where(has_omega, omega, state.prev_omega),
         last_omega=jnp.where(has_omega, omega, state.last_omega),
