@@ -157,37 +157,74 @@ def _module_id(module: tuple) -> tuple:
   return (module[:-1], _TRAILING_ID.match(str(last)).group(2))
 
 
+def _stack_dims(kernel_shape, companion_shape) -> int:
+  """Leading stacked axes of a kernel, read off a per-channel leaf (§6.1).
+
+  ``nn.scan``/``nnx.vmap``/``nnx.scan`` stack every leaf of a layer along
+  the same leading axes, so a bias (or norm scale) of shape
+  ``(*stack, out)`` next to a kernel of shape ``(*stack, ..., out)`` tells
+  how many leading kernel axes stack layers; an unstacked layer has a 1-D
+  bias.
+  """
+  dims = len(companion_shape) - 1
+  if (dims > 0 and companion_shape[-1] == kernel_shape[-1]
+      and tuple(companion_shape[:dims]) == tuple(kernel_shape[:dims])
+      and len(kernel_shape) - dims >= 2):
+    return dims
+  return 0
+
+
 def _default_labels(paths, leaves) -> list[Any]:
   """Default leaf -> label map from Flax paths (§6.2).
 
-  A conv kernel (``kernel`` with ``ndim >= 3``) and the other leaves of its
-  module form a group; a normalisation module (only ``scale``/``bias``) joins
-  the conv of the same parent with the same index (``conv1``/``bn1``,
-  ``Conv_0``/``BatchNorm_0``, ``convs[i]``/``norms[i]``); dense modules
-  (2-D ``kernel``) and their biases go to ``"fc"``; the rest keeps the
-  initial rate.
+  A conv kernel (``kernel`` with ``ndim >= 3`` once stacked axes are
+  removed) and the other leaves of its module form a group; a
+  normalisation module (only ``scale``/``bias``) joins the conv of the same
+  parent with the same index (``conv1``/``bn1``, ``Conv_0``/``BatchNorm_0``,
+  ``convs[i]``/``norms[i]``); dense modules (2-D ``kernel``) and their
+  biases go to ``"fc"``; the rest keeps the initial rate. Stacked layers
+  are detected from the module's bias, or else its norm's scale: leading
+  axes shared with the kernel are stack axes (:func:`_stack_dims`).
   """
-  conv_modules, dense_modules, module_leaves = {}, set(), {}
+  module_leaves = {}
   for path, leaf in zip(paths, leaves):
     module, name = path[:-1], path[-1] if path else ""
-    module_leaves.setdefault(module, set()).add(name)
-    if name == "kernel" and len(leaf.shape) >= 3:
-      conv_modules[module] = _path_string(module)
-    elif name == "kernel" and len(leaf.shape) == 2:
+    module_leaves.setdefault(module, {})[name] = tuple(leaf.shape)
+  norms_by_id = {}
+  for module, named in module_leaves.items():
+    if module and set(named) <= {"scale", "bias"}:
+      norms_by_id.setdefault(_module_id(module), []).append(module)
+  conv_modules, dense_modules = {}, set()
+  for module, named in module_leaves.items():
+    kernel = named.get("kernel")
+    if kernel is None or len(kernel) < 2:
+      continue
+    companion = named.get("bias")
+    norms = norms_by_id.get(_module_id(module), [])
+    if companion is None and len(norms) == 1:
+      norm = module_leaves[norms[0]]
+      companion = norm.get("scale", norm.get("bias"))
+    stack = _stack_dims(kernel, companion) if companion else 0
+    if len(kernel) - stack >= 3:
+      conv_modules[module] = (_path_string(module), stack)
+    elif len(kernel) - stack == 2:
       dense_modules.add(module)
-  by_id = {}
+  convs_by_id = {}
   for module in conv_modules:
-    by_id.setdefault(_module_id(module), []).append(module)
+    convs_by_id.setdefault(_module_id(module), []).append(module)
   labels = []
   for path in paths:
     module = path[:-1]
     if module in conv_modules:
-      labels.append(conv_modules[module])
+      name, stack = conv_modules[module]
+      labels.append(LayerGroup(name, kernel=path[-1] == "kernel",
+                               stack_dims=stack))
     elif module in dense_modules:
       labels.append(FC)
-    elif module and module_leaves[module] <= {"scale", "bias"}:
-      match = by_id.get(_module_id(module), [])
-      labels.append(conv_modules[match[0]] if len(match) == 1 else INIT)
+    elif module and set(module_leaves[module]) <= {"scale", "bias"}:
+      match = convs_by_id.get(_module_id(module), [])
+      labels.append(LayerGroup(conv_modules[match[0]][0]) if len(match) == 1
+                    else INIT)
     else:
       labels.append(INIT)
   return labels

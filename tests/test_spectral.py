@@ -277,7 +277,7 @@ def test_batched_by_shape_equals_one_by_one():
   for kernel, batched in zip(kernels, together):
     alone = knowledge_gain(kernel)
     _utils.assert_trees_all_close(jax.tree.map(lambda x: x[0], batched),
-                                  alone, rtol=1e-5, atol=1e-7)
+                                  alone, rtol=1e-4, atol=1e-7)  # GPU f32
 
 
 def test_vmap_over_stacked_kernels_and_single_compile():
@@ -286,7 +286,7 @@ def test_vmap_over_stacked_kernels_and_single_compile():
   for i in range(3):
     _utils.assert_trees_all_close(
         jax.tree.map(lambda x, i=i: x[i], vmapped), knowledge_gain(stack[i]),
-        rtol=1e-5, atol=1e-7)
+        rtol=1e-4, atol=1e-7)  # batched vs single f32 spectra on GPUs
   fn = jax.jit(knowledge_gain)
   fn(stack[0])
   with _utils.log_compilations() as compiles:
