@@ -57,7 +57,7 @@ def _extra(case, objective, value, grad):
   return {k: v for k, v in names.items() if k in case.needs}
 
 
-def _run(case, params, grads=None, steps=3, tx=None, jit=False):
+def _run(case, params, grads=None, steps=2, tx=None, jit=True):
   """``steps`` updates; returns the last updates, state and params."""
   tx = case.build() if tx is None else tx
   state = tx.init(params)
@@ -94,7 +94,7 @@ def test_zero_gradients_and_zero_params(case):
   """All-zero gradients on all-zero params: finite, and no movement."""
   params = _zero_params()
   grads = jax.tree.map(jnp.zeros_like, params)
-  updates, state, new_params = _run(case, params, grads, jit=True)
+  updates, state, new_params = _run(case, params, grads)
   _assert_finite((updates, state))
   _utils.assert_trees_all_equal(updates, grads)  # exactly zero
   _utils.assert_trees_all_equal(new_params, params)
@@ -102,22 +102,16 @@ def test_zero_gradients_and_zero_params(case):
     state = jax.jit(oa.adas_end_epoch)(state, params)
     _assert_finite(state)
     assert np.all(np.asarray(state.layer_lr) > 0)
+    assert np.all(np.asarray(state.gain) == 0.0)  # a zero kernel: rank 0
 
-
-@pytest.mark.parametrize("case", CASES, ids=_IDS)
-def test_zero_gradients_on_nonzero_params(case):
-  params = {"w": jnp.array([1.0, -2.0, 0.5]), "m": jnp.ones((2, 3))}
-  grads = jax.tree.map(jnp.zeros_like, params)
-  updates, state, _ = _run(case, params, grads)
-  _assert_finite((updates, state))
 
 
 # ------------------------------------------------------------ empty trees
 
 
 @pytest.mark.parametrize("case", CASES, ids=_IDS)
-@pytest.mark.parametrize("empty", [{}, (), {"a": {}, "b": ()}],
-                         ids=["dict", "tuple", "nested"])
+@pytest.mark.parametrize("empty", [(), {"a": {}, "b": ()}],
+                         ids=["tuple", "nested"])
 def test_empty_pytrees(case, empty):
   updates, state, params = _run(case, empty, grads=empty, steps=2)
   assert jax.tree.structure(updates) == jax.tree.structure(empty)
@@ -227,14 +221,14 @@ def test_integer_leaves_masked_out_are_untouched(case):
 # ------------------------------------------------- AdaS: degenerate kernels
 
 # One tree with every degenerate conv kernel: all-zero, 1x1, depthwise
-# (in=1), 1x1 with one channel each way, and zero-sized in/out channels.
+# (in=1) and zero-sized in/out channels (shapes chosen to share EVBMF
+# compilations; 1x1 matrices are in test_evbmf_of_empty_and_tiny_matrices).
 _KERNELS = {
-    "conv0_zero": (3, 3, 4, 8),
-    "conv1_pointwise": (1, 1, 8, 16),
-    "conv2_depthwise": (3, 3, 1, 16),
-    "conv3_single": (1, 1, 1, 1),
-    "conv4_no_inputs": (3, 3, 0, 4),
-    "conv5_no_outputs": (3, 3, 4, 0),
+    "conv0_zero": (1, 1, 4, 4),
+    "conv1_pointwise": (1, 1, 4, 4),
+    "conv2_depthwise": (3, 3, 1, 4),
+    "conv3_no_inputs": (3, 3, 0, 4),
+    "conv4_no_outputs": (3, 3, 4, 0),
 }
 
 
@@ -246,31 +240,29 @@ def _degenerate_cnn():
     if name == "conv0_zero":
       kernel = jnp.zeros(shape)
     params[name] = {"kernel": kernel, "bias": jnp.zeros(shape[-1])}
-  params["head"] = {"kernel": jnp.ones((16, 2)) * 0.1}
+  params["head"] = {"kernel": jnp.ones((4, 2)) * 0.1}
   return params
 
 
-@pytest.mark.parametrize("steps_per_epoch", [None, 2])
-def test_adas_degenerate_kernels(steps_per_epoch):
+def test_adas_degenerate_kernels():
+  """Epoch ends inside update, then one explicit adas_end_epoch."""
   params = _degenerate_cnn()
-  tx = oa.adas(learning_rate=0.05, steps_per_epoch=steps_per_epoch)
+  tx = oa.adas(learning_rate=0.05, steps_per_epoch=2)
   state = tx.init(params)
   assert oa.adas_layer_names(state, params) == tuple(_KERNELS)
   step = jax.jit(tx.update)
-  end_epoch = jax.jit(oa.adas_end_epoch)
-  for epoch in range(3):
+  for epoch in range(2):
     for _ in range(2):
       grads = jax.tree.map(lambda x: 0.01 * jnp.ones_like(x), params)
       updates, state = step(grads, state, params)
       params = optax.apply_updates(params, updates)
-    if steps_per_epoch is None:
-      state = end_epoch(state, params)
     assert int(state.epoch) == epoch + 1
     _assert_finite((updates, state, params))
     assert np.all(np.asarray(state.layer_lr) >= 1e-20)
+  state = oa.adas_end_epoch(state, params)
+  _assert_finite(state)
   gain = dict(zip(_KERNELS, np.asarray(state.gain)))
-  assert gain["conv4_no_inputs"] == 0.0 and gain["conv5_no_outputs"] == 0.0
-  assert gain["conv3_single"] == 0.0  # a 1x1 matrix has no noise estimate
+  assert gain["conv3_no_inputs"] == 0.0 and gain["conv4_no_outputs"] == 0.0
 
 
 @pytest.mark.parametrize("shape", [(3, 3, 0, 4), (3, 3, 4, 0), (0, 3, 2, 2),
