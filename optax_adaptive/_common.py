@@ -283,3 +283,22 @@ def reject_masked_nodes(params: Any, method: str) -> None:
         " `optax.MaskedNode` holes, i.e. it runs inside `optax.masked` or"
         " `optax.partition`, where `value_fn` would not see the whole"
         " model. Apply it at the top level instead.")
+
+
+def run_if(pred: jax.Array, fn: Callable[[Any], Any], operand: Any) -> Any:
+  """``fn(operand)`` if ``pred`` else ``operand``, with no ``lax.cond``.
+
+  A zero- or one-trip :func:`jax.lax.while_loop`. On XLA:CPU a
+  ``lax.cond`` costs far more than its branch when the branch is cheap (it
+  copies the buffers its untaken branch passes through; seen as ~0.3 ms per
+  step), while a loop's carry is updated in place. The price: no
+  reverse-mode differentiation through the caller.
+  """
+
+  def body(carry):
+    _, value = carry
+    return jnp.zeros((), jnp.bool_), fn(value)
+
+  return jax.lax.while_loop(
+      lambda carry: carry[0], body, (jnp.asarray(pred, jnp.bool_), operand)
+  )[1]

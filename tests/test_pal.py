@@ -331,7 +331,8 @@ def test_inject_hyperparams():
 def test_pmap_axis_name_matches_global_batch():
   """Losses averaged over 8 devices equal the single-device global batch."""
   n = jax.device_count()
-  assert n == 8
+  if n != 8:  # conftest.py gives 8 virtual CPU devices; a GPU host has 1
+    pytest.skip(f"needs 8 devices (the CPU test setup); found {n}")
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(8 * 4, 3)), jnp.float32)
   y = jnp.asarray(rng.normal(size=(8 * 4,)), jnp.float32)
