@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_adaptive import _common, _spectral
+from optax_adaptive import _autodrop, _common, _spectral
 
 INIT = "init"  # label: the parameter keeps the initial rate
 FC = "fc"  # label: the fully connected rate, driven by the last conv
@@ -658,9 +658,13 @@ def adas(
     if steps_per_epoch is not None:
       epoch_done = state.count % steps_per_epoch == 0
       new_params = optax.apply_updates(params, updates)  # §6.3 post-update
-      state = jax.lax.cond(
-          epoch_done, lambda s: _end_epoch(s, new_params), lambda s: s,
-          state)
+      # Only the small fields pass through the zero-or-one-trip loop; the
+      # momentum buffer stays outside, so other steps copy nothing. Under
+      # vmap it runs when any lane ends an epoch (a cond runs it always).
+      trace = state.trace
+      state = _autodrop._run_if(
+          epoch_done, lambda s: _end_epoch(s, new_params),
+          state._replace(trace=None))._replace(trace=trace)
     return updates, state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

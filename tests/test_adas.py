@@ -428,6 +428,12 @@ def test_epoch_ends_only_every_steps_per_epoch():
     _, state = update(grads, state, params)
     epochs.append(int(state.epoch))
   assert epochs == [0, 0, 1, 1, 1, 2, 2]
+  # Under vmap each lane ends its own epochs.
+  states = jax.tree.map(lambda x: jnp.stack([x, x]), tx.init(params))
+  states = states._replace(count=jnp.asarray([1, 2], jnp.int32))
+  _, states = jax.jit(jax.vmap(tx.update, in_axes=(None, 0, None)))(
+      grads, states, params)
+  assert states.epoch.tolist() == [0, 1]
 
 
 def test_adas_end_epoch_inside_chain_and_inject_hyperparams():
