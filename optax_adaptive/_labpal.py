@@ -282,13 +282,16 @@ def scale_by_pal(
     direction = _tree_cast_stats(updates)
     norm = _tree_norm(direction).astype(dtype)  # spec §2.3
     norm = jnp.maximum(norm, jnp.asarray(eps, dtype))
-    unit = jax.tree.map(lambda d: d / norm.astype(d.dtype), direction)
+    # û = d/n is never materialised: each use scales d by a scalar, so the
+    # moves fuse into their consumers (one kernel fewer per leaf).
     if exact_directional_derivative:
-      slope = _common.tree_vdot_f32(grad, unit).astype(dtype)
+      # <g, d>/n rather than <g, û>: a sibling of ||d|| (one pass over d).
+      slope = (_common.tree_vdot_f32(grad, direction).astype(dtype) / norm)
     else:
       slope = -norm
     mu = jnp.asarray(measuring_step, dtype)
-    value_mu = value_fn(_move_along(params, unit, mu), **fn_kwargs)
+    value_mu = value_fn(_move_along(params, direction, mu / norm),
+                        **fn_kwargs)
     loss_eps = _rounding_eps(value, value_mu)
     value_mu = _maybe_pmean(_loss_scalar(value_mu, dtype), axis_name)
     step, curvature, case = _pal_step(
@@ -303,7 +306,7 @@ def scale_by_pal(
     # A non-finite direction is a zero step (spec §7.2): 0 * NaN is not 0.
     moved = step > 0
     new_updates = _zero_unless(
-        moved, _scaled_like(unit, step, params))  # spec §2.8
+        moved, _scaled_like(direction, step / norm, params))  # spec §2.8
     new_state = ScaleByPalState(
         pal_learning_rate=jnp.where(moved, step / norm, 0.0).astype(dtype),
         pal_step_length=step,
