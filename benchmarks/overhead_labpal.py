@@ -27,10 +27,16 @@ batch 128), timed interleaved with an ``optax.sgd`` step:
   1 forward-backward + 3M forwards (M = 10 mini-batches);
 * LABPAL amortised over ``reuse_steps=1000`` updates, computed from the two.
 
+Every row is printed twice: wall time per step (interleaved rounds,
+:func:`benchmarks._timing.interleaved_ms`) and process CPU time per step
+(alternating single calls), which stays meaningful on a shared machine.
+
 Run through ``python -m benchmarks.overhead --methods labpal``.
 """
 
 from __future__ import annotations
+
+import time
 
 import jax
 import jax.numpy as jnp
@@ -99,6 +105,27 @@ def _labpal_kwargs_fn(batch_size: int, seed: int = 1):
   return kwargs_fn
 
 
+def _cpu_time_ms(fns, calls: int) -> dict[str, float]:
+  """Process CPU milliseconds per call, alternating single blocked calls.
+
+  On a machine shared with other jobs, wall time mostly measures waiting
+  for a core (runs of the interleaved wall timing moved by ±20-40%); the CPU
+  time this process (all its threads) spends per step does not depend on
+  the load. Mean of the middle 80% of ``calls`` samples per closure; the
+  closures were already compiled and warmed up by the wall timing.
+  """
+  names = list(fns)
+  samples = {name: [] for name in names}
+  for i in range(calls):
+    for name in names if i % 2 == 0 else names[::-1]:
+      start = time.process_time()
+      jax.block_until_ready(fns[name]())
+      samples[name].append((time.process_time() - start) * 1e3)
+  trim = max(1, calls // 10)
+  return {name: float(np.mean(sorted(v)[trim:-trim]))
+          for name, v in samples.items()}
+
+
 def rows(quick: bool) -> list[dict]:
   batch_size = 128
   labpal_kwargs = _labpal_kwargs_fn(batch_size)
@@ -121,27 +148,32 @@ def rows(quick: bool) -> list[dict]:
   }
   ms = _timing.interleaved_ms(fns, rounds=5 if quick else 15,
                               min_round_s=0.1 if quick else 0.25)
-  base = ms["optax.sgd"]
-  amortised = (
-      (REUSE_STEPS - 1) * ms["labpal train"] + ms["labpal measure"]
-  ) / REUSE_STEPS
+  cpu = _cpu_time_ms(fns, calls=30 if quick else 150)
   m = APPROX_BATCHES
   task = f"mnist1d CNN1D b={batch_size}"
 
-  def row(method, case, time_ms, target):
-    return {"method": method, "case": f"{case}, {task}", "time_ms": time_ms,
-            "base": "optax.sgd", "base_ms": base, "ratio": time_ms / base,
-            "target": target}
+  def table(ms, clock):
+    base = ms["optax.sgd"]
+    amortised = (
+        (REUSE_STEPS - 1) * ms["labpal train"] + ms["labpal measure"]
+    ) / REUSE_STEPS
 
-  return [
-      row("pal", "reference: SGD step + 1 forward (1 FB + 1 F)",
-          ms["sgd + 1 F"], None),
-      row("pal", "train step (1 FB + 1 F)", ms["pal"], PAL_TARGET),
-      row("labpal", "training step (1 FB)", ms["labpal train"], None),
-      row("labpal", "training step, mode='sgd' (1 FB)",
-          ms["labpal train sgd"], None),
-      row("labpal", f"measuring step (1 FB + {3 * m} F, M={m})",
-          ms["labpal measure"], None),
-      row("labpal", f"amortised over {REUSE_STEPS} updates", amortised,
-          LABPAL_AMORTISED_TARGET),
-  ]
+    def row(method, case, time_ms, target):
+      return {"method": method, "case": f"{case}, {task}{clock}",
+              "time_ms": time_ms, "base": "optax.sgd", "base_ms": base,
+              "ratio": time_ms / base, "target": target}
+
+    return [
+        row("pal", "reference: SGD step + 1 forward (1 FB + 1 F)",
+            ms["sgd + 1 F"], None),
+        row("pal", "train step (1 FB + 1 F)", ms["pal"], PAL_TARGET),
+        row("labpal", "training step (1 FB)", ms["labpal train"], None),
+        row("labpal", "training step, mode='sgd' (1 FB)",
+            ms["labpal train sgd"], None),
+        row("labpal", f"measuring step (1 FB + {3 * m} F, M={m})",
+            ms["labpal measure"], None),
+        row("labpal", f"amortised over {REUSE_STEPS} updates", amortised,
+            LABPAL_AMORTISED_TARGET),
+    ]
+
+  return table(ms, "") + table(cpu, ", process CPU time")
