@@ -428,7 +428,14 @@ def test_epoch_ends_only_every_steps_per_epoch():
     _, state = update(grads, state, params)
     epochs.append(int(state.epoch))
   assert epochs == [0, 0, 1, 1, 1, 2, 2]
-  # Under vmap each lane ends its own epochs.
+
+
+@pytest.mark.slow
+def test_in_update_epoch_end_under_vmap_is_per_lane():
+  params = {"conv": {"kernel": _low_rank_kernel(jax.random.key(5),
+                                                (3, 3, 4, 8))}}
+  tx = adas(steps_per_epoch=3)
+  grads = jax.tree.map(jnp.zeros_like, params)
   states = jax.tree.map(lambda x: jnp.stack([x, x]), tx.init(params))
   states = states._replace(count=jnp.asarray([1, 2], jnp.int32))
   _, states = jax.jit(jax.vmap(tx.update, in_axes=(None, 0, None)))(
