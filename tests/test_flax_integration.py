@@ -186,8 +186,14 @@ def test_linen_train_state_forwards_update_kwargs(method):
     state = step(state, batch, approx)
     ref_params, ref_state = manual(ref_params, ref_state, batch, approx)
   assert int(state.step) == STEPS
-  _utils.assert_trees_all_equal(state.params, ref_params)
-  _utils.assert_trees_all_equal(state.opt_state, ref_state)
+  # Two separately compiled programs: bitwise equal on CPU, but a GPU may
+  # fuse them differently, and PAL's parabola amplifies the last bit of a
+  # loss difference (1.6e-5 relative seen on an H100). A kwarg that is not
+  # forwarded changes the result by orders of magnitude more.
+  _utils.assert_trees_all_close(state.params, ref_params, rtol=1e-4,
+                                atol=1e-7)
+  _utils.assert_trees_all_close(state.opt_state, ref_state, rtol=1e-4,
+                                atol=1e-7)
 
 
 def test_flax_train_state_drops_kwargs_but_ours_forwards_them():
