@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_adaptive import _autodrop, _common, _spectral
+from optax_adaptive import _common, _spectral
 
 INIT = "init"  # label: the parameter keeps the initial rate
 FC = "fc"  # label: the fully connected rate, driven by the last conv
@@ -662,7 +662,7 @@ def adas(
       # momentum buffer stays outside, so other steps copy nothing. Under
       # vmap it runs when any lane ends an epoch (a cond runs it always).
       trace = state.trace
-      state = _autodrop._run_if(
+      state = _common.run_if(
           epoch_done, lambda s: _end_epoch(s, new_params),
           state._replace(trace=None))._replace(trace=trace)
     return updates, state

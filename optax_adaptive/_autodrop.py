@@ -146,26 +146,6 @@ def _scale_updates(updates: optax.Updates, lr_scale: jax.Array):
   return jax.tree.map(lambda u: (u * lr_scale).astype(u.dtype), updates)
 
 
-def _run_if(pred: jax.Array, fn, operand):
-  """``fn(operand)`` if ``pred`` else ``operand``, keeping buffers in place.
-
-  A zero- or one-trip :func:`jax.lax.while_loop` rather than
-  :func:`jax.lax.cond`: XLA aliases a loop's carried buffers with donated
-  inputs, so a step that skips ``fn`` neither copies nor rewrites the
-  params-sized state, while ``lax.cond`` copies every buffer that its false
-  branch passes through (checked in the compiled HLO on XLA:CPU). The price:
-  no reverse-mode differentiation through ``update``.
-  """
-
-  def body(carry):
-    _, value = carry
-    return jnp.zeros([], jnp.bool_), fn(value)
-
-  return jax.lax.while_loop(
-      lambda carry: carry[0], body, (jnp.asarray(pred, jnp.bool_), operand)
-  )[1]
-
-
 # -------------------------------------------------------- autodrop (UAI 24)
 
 
@@ -407,7 +387,7 @@ def autodrop(
     # the second writes s_i and y_i in place, then takes |s_i|² and decides.
     # Depending on the first's result orders the two, so XLA needs no
     # params-sized copies.
-    dot = _run_if(
+    dot = _common.run_if(
         is_end,
         lambda _: _tree_sum_products(
             centred_mean(params, mean_offset, state.prev_mean),
@@ -422,7 +402,7 @@ def autodrop(
       return detect(det, dot, sq_norm), (mean, disp)
 
     det = _Detector(*(getattr(state, f) for f in _Detector._fields))
-    det, (prev_mean, prev_disp) = _run_if(
+    det, (prev_mean, prev_disp) = _common.run_if(
         is_end, advance, (det, (state.prev_mean, state.prev_displacement)))
     new_state = state._replace(
         window_step=jnp.where(is_end, 0, step + 1).astype(jnp.int32),
@@ -624,11 +604,11 @@ def autodrop_v1(
     step = state.epoch_step
     updates = _scale_updates(updates, state.lr_scale)  # pre-decision λ
     if average_on_drop:  # a drop rewrites this step's updates
-      updates, state = _run_if(
+      updates, state = _common.run_if(
           step == 1, lambda us: epoch_check(us[1], params, us[0]),
           (updates, state))
     else:
-      state = _run_if(
+      state = _common.run_if(
           step == 1, lambda s: epoch_check(s, params, None)[1], state)
     last = step == steps_per_epoch - 1
     state = state._replace(

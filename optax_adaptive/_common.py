@@ -286,13 +286,15 @@ def reject_masked_nodes(params: Any, method: str) -> None:
 
 
 def run_if(pred: jax.Array, fn: Callable[[Any], Any], operand: Any) -> Any:
-  """``fn(operand)`` if ``pred`` else ``operand``, with no ``lax.cond``.
+  """``fn(operand)`` if ``pred`` else ``operand``, keeping buffers in place.
 
-  A zero- or one-trip :func:`jax.lax.while_loop`. On XLA:CPU a
-  ``lax.cond`` costs far more than its branch when the branch is cheap (it
-  copies the buffers its untaken branch passes through; seen as ~0.3 ms per
-  step), while a loop's carry is updated in place. The price: no
-  reverse-mode differentiation through the caller.
+  A zero- or one-trip :func:`jax.lax.while_loop` rather than
+  :func:`jax.lax.cond`: XLA aliases a loop's carried buffers with donated
+  inputs, so a step that skips ``fn`` neither copies nor rewrites the
+  params-sized state, while ``lax.cond`` copies every buffer that its false
+  branch passes through (checked in the compiled HLO on XLA:CPU; it cost
+  ~6% of a small CNN's train step). The price: no reverse-mode
+  differentiation through the caller.
   """
 
   def body(carry):
