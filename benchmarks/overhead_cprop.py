@@ -25,7 +25,12 @@ import optax
 import optax_adaptive as oa
 from benchmarks import _timing
 
-UPDATE_TARGETS = {"cprop_adam (fused)": 1.5, "cprop(optax.adam)": 2.0}
+UPDATE_TARGETS = {
+    "cprop_adam (fused)": 1.5,
+    "cprop(optax.adam)": 2.0,
+    "cprop_adam (fused), track_mean_scale=False": 1.5,
+    "cprop(optax.adam), track_mean_scale=False": 2.0,
+}
 TRAIN_STEP_TARGET = 1.10
 
 
@@ -39,6 +44,10 @@ def _update_rows(quick: bool) -> list[dict]:
           oa.cprop(optax.adam(1e-3)), params, grads),
       "cprop_adam (fused)": _timing.update_closure(
           oa.cprop_adam(1e-3), params, grads),
+      "cprop_adam (fused), track_mean_scale=False": _timing.update_closure(
+          oa.cprop_adam(1e-3, track_mean_scale=False), params, grads),
+      "cprop(optax.adam), track_mean_scale=False": _timing.update_closure(
+          oa.cprop(optax.adam(1e-3), track_mean_scale=False), params, grads),
   }
   ms = _timing.interleaved_ms(fns, rounds=5 if quick else 15,
                               min_round_s=0.1 if quick else 0.25)

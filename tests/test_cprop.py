@@ -9,6 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
+import optax_adaptive as oa
 from optax_adaptive import _cprop
 from optax_adaptive._cprop import (
     CPropAdamState,
@@ -364,6 +365,31 @@ def test_mean_scale_is_element_weighted_mean():
   s = jnp.concatenate([(u[k] / g[k]).ravel() for k in ("a", "b")])
   np.testing.assert_allclose(state.mean_scale, jnp.mean(s), rtol=1e-5)
   assert 0.0 < float(state.mean_scale) < 1.0
+
+
+@pytest.mark.parametrize("make", [
+    lambda track: cprop(optax.adam(1e-2), track_mean_scale=track),
+    lambda track: cprop_sgd(0.1, momentum=0.9, track_mean_scale=track),
+    lambda track: cprop_adam(1e-2, track_mean_scale=track),
+    lambda track: cprop_adam(1e-2, b2=0.99, track_mean_scale=track),
+], ids=["cprop", "cprop_sgd", "cprop_adam", "cprop_adam_separate"])
+def test_untracked_mean_scale_changes_nothing_else(make):
+  params = random_tree(jax.random.key(3))
+  tracked, untracked = make(True), make(False)
+  s_on, s_off = tracked.init(params), untracked.init(params)
+  assert s_off.mean_scale is None
+  for key in jax.random.split(jax.random.key(4), 3):
+    g = jax.tree.map(lambda p, k=key: jax.random.normal(k, p.shape, p.dtype),
+                     params)
+    u_on, s_on = jax.jit(tracked.update)(g, s_on, params)
+    u_off, s_off = jax.jit(untracked.update)(g, s_off, params)
+    # Equal up to the last bit: XLA fuses the two programs differently.
+    assert_trees_all_close(u_off, u_on, rtol=1e-6)
+  assert s_off.mean_scale is None
+  assert_trees_all_close(s_off._replace(mean_scale=None),
+                         s_on._replace(mean_scale=None), rtol=1e-6)
+  assert "cprop/mean_scale" not in oa.diagnostics(s_off)
+  assert "cprop/mean_scale" in oa.diagnostics(s_on)
 
 
 def test_state_types_are_stable_under_jit():

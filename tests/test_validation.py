@@ -166,6 +166,9 @@ _AXIS = "a mapped axis name, checked by jax where it is used"
 OTHER: dict[tuple[str, str], str] = {
     ("cprop", "inner"): "a transformation: test_cprop_inner_type",
     ("cprop_sgd", "nesterov"): _FLAG,
+    ("cprop", "track_mean_scale"): _FLAG,
+    ("cprop_sgd", "track_mean_scale"): _FLAG,
+    ("cprop_adam", "track_mean_scale"): _FLAG,
     ("adas", "layer_groups"): "a callable or None: test_callable_arguments",
     ("adas", "transpose_tall"): _FLAG,
     ("adas", "hold_lr_while_zero_gain"): _FLAG,
