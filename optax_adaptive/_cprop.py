@@ -145,7 +145,11 @@ def _conformity(m: jax.Array, v: jax.Array, k: _Constants,
   """
   m_hat = m * k.inv_bias_correction  # m̂ = m / b_t
   v_hat = v * k.inv_bias_correction  # v̂ = v / b_t
-  variance = jnp.maximum(v_hat - m_hat * m_hat, k.zero)  # σ̂², §1.2
+  # σ̂² = max(v̂ - m̂², 0), §1.2. A select, not jnp.maximum, so that the
+  # inf - inf of gradients beyond sqrt(float32 max) ~ 1.8e19 (v̂ and m̂²
+  # both overflow) gives σ̂² = 0 instead of NaN.
+  spread = v_hat - m_hat * m_hat
+  variance = jnp.where(spread > k.zero, spread, k.zero)
   # se = sqrt(σ̂² / (n - 1 + ε)) + ε, §1.2
   inv_se = k.one / (jnp.sqrt(variance * k.inv_dof) + k.eps)
   abs_z = jnp.abs(m_hat) * inv_se  # |z| = |m̂| / se

@@ -392,6 +392,20 @@ def test_untracked_mean_scale_changes_nothing_else(make):
   assert "cprop/mean_scale" in oa.diagnostics(s_on)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: cprop(optax.adam(1e-3)), lambda: cprop_adam(1e-3),
+    lambda: cprop_sgd(0.1, momentum=0.9)], ids=["cprop", "adam", "sgd"])
+def test_gradients_beyond_float32_square_give_no_nan(make):
+  # g² overflows float32 above ~1.8e19: v̂ - m̂² was inf - inf = NaN.
+  tx = make()
+  params = jnp.zeros(3)
+  state = tx.init(params)
+  for g in ([1e20, -3e19, 1.0], [1e20, 1e19, 2.0], [1.0, 1.0, 1.0]):
+    u, state = jax.jit(tx.update)(jnp.array(g, jnp.float32), state, params)
+    assert_tree_all_finite(u)
+    assert np.isfinite(float(state.mean_scale))
+
+
 def test_state_types_are_stable_under_jit():
   params = random_tree(jax.random.key(1))
   for tx in (cprop(optax.adam(1e-3)), cprop_adam(1e-3)):
