@@ -720,6 +720,8 @@ def adas_early_stop(
     >>> bool(stop)
     True
   """
+  _common.check_count("patience", patience, lower=1)
+  _common.check_number_type("threshold", threshold)
   if state is None:
     state = adas_early_stop_init()
   loss = jnp.asarray(mean_loss, jnp.float32)

@@ -522,6 +522,11 @@ def autodrop_v1(
                       lower_inclusive=False)
   _common.check_range("theta0", theta0, lower=0.0)
   _common.check_range("theta_max", theta_max, lower=0.0)
+  if (_common.is_concrete_number(theta0)
+      and _common.is_concrete_number(theta_max) and theta0 > theta_max):
+    raise ValueError(
+        f"`theta0` must be <= `theta_max`; got theta0={theta0},"
+        f" theta_max={theta_max}.")
   _common.check_range("min_scale", min_scale, lower=0.0, upper=1.0)
   _common.check_range("eps", eps, lower=0.0)
   _check_state_dtype(state_dtype)

@@ -517,3 +517,21 @@ def test_adas_end_epoch_misuse():
     oa.adas_end_epoch(state, other)
   with pytest.raises(ValueError, match="holds no AdasState"):
     oa.adas_end_epoch(params, state)  # arguments swapped
+
+
+def test_adas_early_stop_arguments():
+  with pytest.raises(ValueError, match="`patience` must be an int >= 1"):
+    oa.adas_early_stop(1.0, patience=0)
+  with pytest.raises(TypeError, match="`patience`"):
+    oa.adas_early_stop(1.0, patience=2.5)
+  with pytest.raises(TypeError, match="`threshold` must be a real number"):
+    oa.adas_early_stop(1.0, threshold="0.1")
+  _, stop = oa.adas_early_stop(1.0, patience=1, threshold=-1.0)
+  assert not bool(stop)
+
+
+def test_autodrop_v1_theta0_at_most_theta_max():
+  with pytest.raises(ValueError, match="`theta0` must be <= `theta_max`"):
+    oa.autodrop_v1(steps_per_epoch=10, theta0=0.5, theta_max=0.1)
+  oa.autodrop_v1(steps_per_epoch=10, theta0=0.1, theta_max=0.1)
+
