@@ -657,15 +657,13 @@ def adas(
         trace=jax.tree.unflatten(treedef, new_trace))
     if steps_per_epoch is not None:
       epoch_done = state.count % steps_per_epoch == 0
+      new_params = optax.apply_updates(params, updates)  # §6.3 post-update
       # Only the small fields pass through the zero-or-one-trip loop; the
-      # momentum buffer stays outside, and the post-update weights (§6.3) are
-      # formed inside it, so other steps neither copy nor write params-sized
-      # buffers. Under vmap it runs when any lane ends an epoch (a cond runs
-      # it always).
+      # momentum buffer stays outside, so other steps copy nothing. Under
+      # vmap it runs when any lane ends an epoch (a cond runs it always).
       trace = state.trace
       state = _common.run_if(
-          epoch_done,
-          lambda s: _end_epoch(s, optax.apply_updates(params, updates)),
+          epoch_done, lambda s: _end_epoch(s, new_params),
           state._replace(trace=None))._replace(trace=trace)
     return updates, state
 
