@@ -367,6 +367,41 @@ def test_mean_scale_is_element_weighted_mean():
   assert 0.0 < float(state.mean_scale) < 1.0
 
 
+def _default_branch(*args, default, **per_platform):
+  del per_platform
+  return default(*args)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: cprop(optax.sgd(0.1)),
+    lambda: cprop(optax.adam(1e-2), cdf="normal"),
+    lambda: cprop_adam(1e-2),
+    lambda: cprop_adam(1e-2, b2=0.99, weight_decay=0.1),
+], ids=["cprop", "cprop_normal", "cprop_adam", "cprop_adam_separate_decay"])
+def test_mean_scale_reduction_is_the_same_on_every_backend(make, monkeypatch):
+  # XLA:CPU sums the materialised CDF; other backends (XLA:GPU) recompute s
+  # from the step's inputs as row sums. Run the GPU formulation here too.
+  params = {"conv": jnp.ones((3, 3, 4, 8), jnp.bfloat16),
+            "bias": jnp.ones((7,)), "long": jnp.ones((2048,)),
+            "empty": jnp.ones((0, 3))}
+
+  def run():
+    tx = make()
+    state = tx.init(params)
+    for i, key in enumerate(jax.random.split(jax.random.key(5), 3)):
+      g = jax.tree.map(
+          lambda p, k=key: (jax.random.normal(k, p.shape) + 0.2 * i
+                            ).astype(p.dtype), params)
+      _, state = jax.jit(tx.update)(g, state, params)
+    return state.mean_scale
+
+  on_cpu = run()
+  monkeypatch.setattr(jax.lax, "platform_dependent", _default_branch)
+  elsewhere = run()
+  np.testing.assert_allclose(elsewhere, on_cpu, rtol=1e-6)
+  assert 0.0 < float(on_cpu) < 1.0
+
+
 @pytest.mark.parametrize("make", [
     lambda track: cprop(optax.adam(1e-2), track_mean_scale=track),
     lambda track: cprop_sgd(0.1, momentum=0.9, track_mean_scale=track),
