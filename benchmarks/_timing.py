@@ -28,7 +28,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -84,6 +84,82 @@ def interleaved_ms(
       _block(out)
       samples[name].append((time.perf_counter() - start) / n * 1e3)
   return {name: statistics.median(samples[name]) for name in names}
+
+
+class RatioStats(NamedTuple):
+  """Per-round ratios of one closure's time to the baseline's."""
+
+  ratios: np.ndarray  # one per round
+  ms: float  # median milliseconds per call over rounds
+
+  @property
+  def median(self) -> float:
+    return float(np.median(self.ratios))
+
+  @property
+  def quartiles(self) -> tuple[float, float]:
+    q1, q3 = np.percentile(self.ratios, [25, 75])
+    return float(q1), float(q3)
+
+
+def ratio_stats(samples_ms: dict[str, list[float]],
+                base: str) -> dict[str, RatioStats]:
+  """Round-by-round ratios to ``base`` from per-round milliseconds per call."""
+  base_ms = np.asarray(samples_ms[base], np.float64)
+  return {
+      name: RatioStats(ratios=np.asarray(ms, np.float64) / base_ms,
+                       ms=float(np.median(ms)))
+      for name, ms in samples_ms.items()
+  }
+
+
+def paired_ratios(
+    fns: dict[str, Callable[[], Any]],
+    base: str,
+    rounds: int = 41,
+    min_turn_s: float = 0.05,
+) -> dict[str, RatioStats]:
+  """Time of each closure relative to ``base``, paired within short rounds.
+
+  :func:`interleaved_ms` divides medians taken over rounds of a quarter
+  second per closure; on a shared machine whose speed changes within
+  seconds, that ratio moves by several percent from run to run (two
+  identical closures measured up to 11 % apart). Here every round runs all
+  closures back to back for about ``min_turn_s`` each (order rotated from
+  round to round) and forms the ratio inside the round, so that a slow
+  period mostly hits both sides of a ratio; the median over many rounds is
+  then stable. Put an identical copy of the baseline among ``fns`` to see
+  the noise floor.
+
+  Args:
+    fns: name -> zero-argument closure (see :func:`interleaved_ms`).
+    base: the name of the baseline closure.
+    rounds: number of rounds.
+    min_turn_s: minimum time spent on one closure in one round.
+
+  Returns:
+    name -> :class:`RatioStats` (the baseline's ratios are all 1).
+  """
+  names = list(fns)
+  calls = {}
+  for name in names:  # compile, warm up, and calibrate calls per turn
+    for _ in range(2):
+      _block(fns[name]())
+    start = time.perf_counter()
+    _block(fns[name]())
+    once = max(time.perf_counter() - start, 1e-6)
+    calls[name] = max(1, int(np.ceil(min_turn_s / once)))
+  samples = {name: [] for name in names}
+  for r in range(rounds):
+    shift = r % len(names)
+    for name in names[shift:] + names[:shift]:
+      fn, n = fns[name], calls[name]
+      start = time.perf_counter()
+      for _ in range(n):
+        out = fn()
+      _block(out)
+      samples[name].append((time.perf_counter() - start) / n * 1e3)
+  return ratio_stats(samples, base)
 
 
 # ------------------------------------------------------------- pytrees

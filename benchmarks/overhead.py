@@ -22,9 +22,10 @@ Each method contributes a module ``benchmarks/overhead_<method>.py`` with
 ``def rows(quick: bool) -> list[dict]``; every row has the keys ``method,
 case, time_ms, base, base_ms, ratio, target`` (``target`` is the largest
 acceptable ratio, or None). Times within one module are measured in one
-interleaved run (:func:`benchmarks._timing.interleaved_ms`), so the ratios
-cancel machine drift; absolute times depend on the machine printed below
-the table.
+interleaved run (:func:`benchmarks._timing.interleaved_ms` or, for rows that
+print the interquartile range of per-round ratios after the ratio,
+:func:`benchmarks._timing.paired_ratios`), so the ratios cancel machine
+drift; absolute times depend on the machine printed below the table.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ import sys
 from benchmarks import _timing
 
 ROW_KEYS = ("method", "case", "time_ms", "base", "base_ms", "ratio", "target")
+# Optional: the interquartile range of per-round ratios
+# (benchmarks._timing.paired_ratios), printed next to the ratio.
+OPTIONAL_KEYS = ("ratio_q1", "ratio_q3")
 
 
 def available_methods() -> list[str]:
@@ -54,7 +58,8 @@ def collect(methods: list[str], quick: bool) -> list[dict]:
       missing = set(ROW_KEYS) - set(row)
       if missing:
         raise ValueError(f"overhead_{method}: row lacks {sorted(missing)}")
-      rows.append({key: row[key] for key in ROW_KEYS})
+      rows.append({key: row[key] for key in ROW_KEYS + OPTIONAL_KEYS
+                   if key in row})
   return rows
 
 
@@ -72,9 +77,12 @@ def markdown_table(rows: list[dict]) -> str:
   ]
   for r in rows:
     target = "" if r["target"] is None else f"≤ {r['target']:.2f}x"
+    ratio = f"{r['ratio']:.2f}x"
+    if "ratio_q1" in r:
+      ratio += f" ({r['ratio_q1']:.2f}-{r['ratio_q3']:.2f})"
     lines.append(
         f"| {r['method']} | {r['case']} | {r['time_ms']:.2f} | {r['base']} |"
-        f" {r['base_ms']:.2f} | {r['ratio']:.2f}x | {target} |"
+        f" {r['base_ms']:.2f} | {ratio} | {target} |"
         f" {_verdict(r)} |")
   return "\n".join(lines)
 

@@ -27,9 +27,12 @@ batch 128), timed interleaved with an ``optax.sgd`` step:
   1 forward-backward + 3M forwards (M = 10 mini-batches);
 * LABPAL amortised over ``reuse_steps=1000`` updates, computed from the two.
 
-Every row is printed twice: wall time per step (interleaved rounds,
-:func:`benchmarks._timing.interleaved_ms`) and process CPU time per step
-(alternating single calls), which stays meaningful on a shared machine.
+Every row is printed twice: wall time per step and process CPU time per step
+(alternating single calls), which stays meaningful on a shared machine. The
+wall-time ratios are medians of per-round ratios
+(:func:`benchmarks._timing.paired_ratios`, interquartile range in
+parentheses), and a first row times the SGD step against an identical copy
+of itself: the noise floor of the comparison.
 
 Run through ``python -m benchmarks.overhead --methods labpal``.
 """
@@ -131,6 +134,8 @@ def rows(quick: bool) -> list[dict]:
   labpal_kwargs = _labpal_kwargs_fn(batch_size)
   fns = {
       "optax.sgd": _timing.mnist1d_train_step(optax.sgd(0.1), batch_size),
+      "optax.sgd copy": _timing.mnist1d_train_step(optax.sgd(0.1),
+                                                   batch_size),
       "sgd + 1 F": _timing.mnist1d_train_step(
           optax.chain(optax.sgd(0.1), _consume_value()), batch_size,
           update_kwargs_fn=_extra_forward_kwargs),
@@ -146,34 +151,54 @@ def rows(quick: bool) -> list[dict]:
           oa.labpal(reuse_steps=1), batch_size,
           update_kwargs_fn=labpal_kwargs),
   }
-  ms = _timing.interleaved_ms(fns, rounds=5 if quick else 15,
-                              min_round_s=0.1 if quick else 0.25)
+  stats = _timing.paired_ratios(fns, "optax.sgd", rounds=11 if quick else 61,
+                                min_turn_s=0.02 if quick else 0.05)
   cpu = _cpu_time_ms(fns, calls=30 if quick else 150)
   m = APPROX_BATCHES
   task = f"mnist1d CNN1D b={batch_size}"
 
-  def table(ms, clock):
-    base = ms["optax.sgd"]
-    amortised = (
-        (REUSE_STEPS - 1) * ms["labpal train"] + ms["labpal measure"]
-    ) / REUSE_STEPS
+  def amortised(train, measure):
+    return ((REUSE_STEPS - 1) * train + measure) / REUSE_STEPS
 
-    def row(method, case, time_ms, target):
-      return {"method": method, "case": f"{case}, {task}{clock}",
-              "time_ms": time_ms, "base": "optax.sgd", "base_ms": base,
-              "ratio": time_ms / base, "target": target}
+  def row(method, case, time_ms, base_ms, ratio, target, quartiles=None):
+    out = {"method": method, "case": f"{case}, {task}", "time_ms": time_ms,
+           "base": "optax.sgd", "base_ms": base_ms, "ratio": ratio,
+           "target": target}
+    if quartiles is not None:
+      out["ratio_q1"], out["ratio_q3"] = quartiles
+    return out
 
-    return [
-        row("pal", "reference: SGD step + 1 forward (1 FB + 1 F)",
-            ms["sgd + 1 F"], None),
-        row("pal", "train step (1 FB + 1 F)", ms["pal"], PAL_TARGET),
-        row("labpal", "training step (1 FB)", ms["labpal train"], None),
-        row("labpal", "training step, mode='sgd' (1 FB)",
-            ms["labpal train sgd"], None),
-        row("labpal", f"measuring step (1 FB + {3 * m} F, M={m})",
-            ms["labpal measure"], None),
-        row("labpal", f"amortised over {REUSE_STEPS} updates", amortised,
-            LABPAL_AMORTISED_TARGET),
-    ]
+  def wall(method, case, name, target=None):
+    st = stats[name]
+    return row(method, case, st.ms, stats["optax.sgd"].ms, st.median, target,
+               st.quartiles)
 
-  return table(ms, "") + table(cpu, ", process CPU time")
+  amortised_stats = _timing.RatioStats(
+      ratios=amortised(stats["labpal train"].ratios,
+                       stats["labpal measure"].ratios),
+      ms=amortised(stats["labpal train"].ms, stats["labpal measure"].ms))
+  stats["labpal amortised"] = amortised_stats
+  cases = [
+      ("pal", "reference: SGD step + 1 forward (1 FB + 1 F)", "sgd + 1 F",
+       None),
+      ("pal", "train step (1 FB + 1 F)", "pal", PAL_TARGET),
+      ("labpal", "training step (1 FB)", "labpal train", None),
+      ("labpal", "training step, mode='sgd' (1 FB)", "labpal train sgd",
+       None),
+      ("labpal", f"measuring step (1 FB + {3 * m} F, M={m})",
+       "labpal measure", None),
+      ("labpal", f"amortised over {REUSE_STEPS} updates", "labpal amortised",
+       LABPAL_AMORTISED_TARGET),
+  ]
+  wall_rows = [wall("pal", "noise floor: the SGD step against an identical"
+                    " copy of itself", "optax.sgd copy")]
+  wall_rows += [wall(*case) for case in cases]
+  cpu["labpal amortised"] = amortised(cpu["labpal train"],
+                                      cpu["labpal measure"])
+  base = cpu["optax.sgd"]
+  cpu_rows = [
+      row(method, f"{case}, process CPU time", cpu[name], base,
+          cpu[name] / base, target)
+      for method, case, name, target in cases
+  ]
+  return wall_rows + cpu_rows

@@ -94,3 +94,45 @@ def test_conv_matches_nnx_conv():
     x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     np.testing.assert_allclose(jax.jit(ours)(x), jax.jit(ref)(x), atol=1e-5)
     np.testing.assert_array_equal(ours.kernel[...], ref.kernel[...])
+
+
+def test_ratio_stats_pairs_rounds():
+  from benchmarks import _timing
+
+  # The machine slows down in round 2: paired ratios stay 1.5, the medians
+  # of the raw times would not know which round to compare.
+  samples = {"base": [1.0, 4.0, 1.0], "other": [1.5, 6.0, 1.5]}
+  stats = _timing.ratio_stats(samples, "base")
+  np.testing.assert_allclose(stats["other"].ratios, [1.5, 1.5, 1.5])
+  assert stats["other"].median == 1.5
+  assert stats["other"].quartiles == (1.5, 1.5)
+  assert stats["other"].ms == 1.5
+  np.testing.assert_allclose(stats["base"].ratios, 1.0)
+
+
+def test_paired_ratios_runs_every_closure_and_counts_rounds():
+  from benchmarks import _timing
+
+  calls = {"a": 0, "b": 0}
+
+  def make(name):
+    def fn():
+      calls[name] += 1
+      return jax.numpy.zeros(())
+    return fn
+
+  stats = _timing.paired_ratios({"a": make("a"), "b": make("b")}, "a",
+                                rounds=5, min_turn_s=0.0)
+  assert len(stats["b"].ratios) == 5
+  assert calls["a"] == calls["b"] == 3 + 5  # warm-up and calibration + rounds
+
+
+def test_overhead_table_prints_the_ratio_spread():
+  from benchmarks import overhead
+
+  row = {"method": "m", "case": "c", "time_ms": 2.0, "base": "b",
+         "base_ms": 1.0, "ratio": 2.0, "target": 2.5}
+  assert "| 2.00x |" in overhead.markdown_table([row])
+  spread = dict(row, ratio_q1=1.9, ratio_q3=2.1)
+  table = overhead.markdown_table([spread])
+  assert "| 2.00x (1.90-2.10) | ≤ 2.50x | yes |" in table
