@@ -162,6 +162,21 @@ def paired_ratios(
   return ratio_stats(samples, base)
 
 
+def ratio_row(method: str, case: str, stats: RatioStats, base: RatioStats,
+              base_label: str, target: float | None) -> dict:
+  """One row of ``benchmarks.overhead`` from :func:`paired_ratios` output."""
+  q1, q3 = stats.quartiles
+  return {"method": method, "case": case, "time_ms": stats.ms,
+          "base": base_label, "base_ms": base.ms, "ratio": stats.median,
+          "ratio_q1": q1, "ratio_q3": q3, "target": target}
+
+
+def paired_rounds(quick: bool) -> dict[str, Any]:
+  """``paired_ratios`` settings of the overhead tables (quick: smoke test)."""
+  return {"rounds": 11 if quick else 41,
+          "min_turn_s": 0.02 if quick else 0.05}
+
+
 # ------------------------------------------------------------- pytrees
 
 

@@ -86,14 +86,12 @@ def rows(quick: bool) -> list[dict]:
       "adas(steps_per_epoch)": _epoch_closure(
           _adas.adas(steps_per_epoch=n_batches), False)[0],
   }
-  ms = _timing.interleaved_ms(fns, rounds=5 if quick else 15,
-                              min_round_s=0.1 if quick else 0.3)
-  base_ms = ms["optax sgd-momentum epoch"]
+  base = "optax sgd-momentum epoch"
+  stats = _timing.paired_ratios(fns, base, **_timing.paired_rounds(quick))
   return [
-      {"method": "adas",
-       "case": f"mnist1d CNN1D epoch ({n_batches} steps, b={BATCH}), {name}",
-       "time_ms": ms[name], "base": "optax sgd-momentum epoch",
-       "base_ms": base_ms, "ratio": ms[name] / base_ms, "target": TARGET}
+      _timing.ratio_row(
+          "adas", f"mnist1d CNN1D epoch ({n_batches} steps, b={BATCH}), {name}",
+          stats[name], stats[base], base, TARGET)
       for name in ("adas + adas_end_epoch", "adas(steps_per_epoch)")
   ]
 

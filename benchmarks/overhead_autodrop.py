@@ -88,24 +88,25 @@ def _update_rows(quick: bool) -> list[dict]:
                                            WINDOW - 1),
       "natural": _timing.update_closure(_chain(), params, grads),
   }
-  ms = _timing.interleaved_ms(fns, rounds=5 if quick else 15,
-                              min_round_s=0.1 if quick else 0.25)
-  base = ms["sgd"]
-  amortised = ((WINDOW - 1) * ms["ordinary"] + ms["window_end"]) / WINDOW
+  stats = _timing.paired_ratios(fns, "sgd", **_timing.paired_rounds(quick))
+  stats["amortised"] = _timing.RatioStats(
+      ratios=((WINDOW - 1) * stats["ordinary"].ratios
+              + stats["window_end"].ratios) / WINDOW,
+      ms=((WINDOW - 1) * stats["ordinary"].ms + stats["window_end"].ms)
+      / WINDOW)
   memory = extra_state_bytes_per_param(params)
   label = f"{size / 1e6:.1f}M params, +{memory:.0f} B/param state"
   cases = [
-      ("ordinary step", ms["ordinary"], ORDINARY_TARGET),
-      ("window-end step", ms["window_end"], None),
-      (f"amortised over k={WINDOW} (from the two above)", amortised,
+      ("ordinary step", "ordinary", ORDINARY_TARGET),
+      ("window-end step", "window_end", None),
+      (f"amortised over k={WINDOW} (from the two above)", "amortised",
        AMORTISED_TARGET),
-      (f"consecutive steps, k={WINDOW}", ms["natural"], AMORTISED_TARGET),
+      (f"consecutive steps, k={WINDOW}", "natural", AMORTISED_TARGET),
   ]
   return [
-      {"method": "autodrop", "case": f"update, {case}, {label}",
-       "time_ms": t, "base": "sgd(momentum=0.9)", "base_ms": base,
-       "ratio": t / base, "target": target}
-      for case, t, target in cases
+      _timing.ratio_row("autodrop", f"update, {case}, {label}", stats[name],
+                        stats["sgd"], "sgd(momentum=0.9)", target)
+      for case, name, target in cases
   ]
 
 
@@ -114,16 +115,12 @@ def _train_step_rows(quick: bool) -> list[dict]:
       "sgd": _timing.mnist1d_train_step(_base()),
       "autodrop": _timing.mnist1d_train_step(_chain()),
   }
-  ms = _timing.interleaved_ms(fns, rounds=5 if quick else 15,
-                              min_round_s=0.1 if quick else 0.25)
-  base = ms["sgd"]
-  return [{
-      "method": "autodrop",
-      "case": f"train step, chain(sgd, autodrop(k={WINDOW})), mnist1d CNN1D"
-              " b=128",
-      "time_ms": ms["autodrop"], "base": "sgd(momentum=0.9)", "base_ms": base,
-      "ratio": ms["autodrop"] / base, "target": TRAIN_STEP_TARGET,
-  }]
+  stats = _timing.paired_ratios(fns, "sgd", **_timing.paired_rounds(quick))
+  return [_timing.ratio_row(
+      "autodrop",
+      f"train step, chain(sgd, autodrop(k={WINDOW})), mnist1d CNN1D b=128",
+      stats["autodrop"], stats["sgd"], "sgd(momentum=0.9)",
+      TRAIN_STEP_TARGET)]
 
 
 def rows(quick: bool) -> list[dict]:

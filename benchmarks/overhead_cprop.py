@@ -49,13 +49,11 @@ def _update_rows(quick: bool) -> list[dict]:
       "cprop(optax.adam), track_mean_scale=False": _timing.update_closure(
           oa.cprop(optax.adam(1e-3), track_mean_scale=False), params, grads),
   }
-  ms = _timing.interleaved_ms(fns, rounds=5 if quick else 15,
-                              min_round_s=0.1 if quick else 0.25)
-  base = ms["optax.adam"]
+  stats = _timing.paired_ratios(fns, "optax.adam",
+                                **_timing.paired_rounds(quick))
   return [
-      {"method": "cprop", "case": f"update, {name}, {size / 1e6:.1f}M params",
-       "time_ms": ms[name], "base": "optax.adam", "base_ms": base,
-       "ratio": ms[name] / base, "target": target}
+      _timing.ratio_row("cprop", f"update, {name}, {size / 1e6:.1f}M params",
+                        stats[name], stats["optax.adam"], "optax.adam", target)
       for name, target in UPDATE_TARGETS.items()
   ]
 
@@ -65,14 +63,12 @@ def _train_step_rows(quick: bool) -> list[dict]:
       "optax.adam": _timing.mnist1d_train_step(optax.adam(1e-3)),
       "cprop_adam": _timing.mnist1d_train_step(oa.cprop_adam(1e-3)),
   }
-  ms = _timing.interleaved_ms(fns, rounds=5 if quick else 15,
-                              min_round_s=0.1 if quick else 0.25)
-  base = ms["optax.adam"]
-  return [{
-      "method": "cprop", "case": "train step, cprop_adam, mnist1d CNN1D b=128",
-      "time_ms": ms["cprop_adam"], "base": "optax.adam", "base_ms": base,
-      "ratio": ms["cprop_adam"] / base, "target": TRAIN_STEP_TARGET,
-  }]
+  stats = _timing.paired_ratios(fns, "optax.adam",
+                                **_timing.paired_rounds(quick))
+  return [_timing.ratio_row(
+      "cprop", "train step, cprop_adam, mnist1d CNN1D b=128",
+      stats["cprop_adam"], stats["optax.adam"], "optax.adam",
+      TRAIN_STEP_TARGET)]
 
 
 def rows(quick: bool) -> list[dict]:

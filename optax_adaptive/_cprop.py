@@ -246,8 +246,11 @@ def _mean_scale(entries: list[_ScaleSumInputs], count: jax.Array,
     return jnp.sum(_scale_from_moments(m, v, k, cdf), axis=-1,
                    dtype=jnp.float32)
 
-  def recomputed_sums(entries):  # one final reduction for all leaves
-    return jnp.sum(jnp.concatenate([recomputed_row_sums(e) for e in entries]))
+  def recomputed_sums(entries):
+    # Per-leaf totals: concatenating the row sums of differently sharded
+    # leaves is an error under explicit sharding (platform_dependent traces
+    # this branch on every backend).
+    return sum(jnp.sum(recomputed_row_sums(e)) for e in entries)
 
   total = jax.lax.platform_dependent(
       entries, cpu=materialised_sums, default=recomputed_sums)

@@ -402,6 +402,28 @@ def test_mean_scale_reduction_is_the_same_on_every_backend(make, monkeypatch):
   assert 0.0 < float(on_cpu) < 1.0
 
 
+@pytest.mark.parametrize("backend", ["cpu", "other"])
+def test_mean_scale_under_explicit_sharding(backend, monkeypatch):
+  # Leaves sharded along different axes: the reduction must not combine
+  # them elementwise (concatenating row sums is a ShardingTypeError).
+  from jax.sharding import PartitionSpec as P
+  n = jax.device_count()
+  mesh = jax.make_mesh((n,), ("data",))
+  rng = np.random.default_rng(0)
+  host = {"w1": rng.normal(size=(4, 8 * n)).astype(np.float32),
+          "w2": rng.normal(size=(8 * n, 1)).astype(np.float32),
+          "b": rng.normal(size=(3,)).astype(np.float32)}
+  specs = {"w1": P(None, "data"), "w2": P("data", None), "b": P()}
+  if backend == "other":
+    monkeypatch.setattr(jax.lax, "platform_dependent", _default_branch)
+  for tx in (cprop_adam(1e-2), cprop(optax.sgd(0.1))):
+    expected = tx.update(host, tx.init(host), host)[1].mean_scale
+    with jax.set_mesh(mesh):
+      params = {k: jax.device_put(v, specs[k]) for k, v in host.items()}
+      _, state = jax.jit(tx.update)(params, tx.init(params), params)
+    np.testing.assert_allclose(state.mean_scale, expected, rtol=1e-6)
+
+
 @pytest.mark.parametrize("make", [
     lambda track: cprop(optax.adam(1e-2), track_mean_scale=track),
     lambda track: cprop_sgd(0.1, momentum=0.9, track_mean_scale=track),
