@@ -188,18 +188,27 @@ class _ScaleSumInputs(NamedTuple):
 
 
 def _as_rows(x: jax.Array) -> jax.Array:
-  """``x`` as a 2-D array of rows (a free reshape) for a row reduction.
+  """``x`` with at least 2 axes (a free reshape), for a row reduction.
 
-  XLA:GPU fuses a row reduction with the update's elementwise outputs into
-  a faster kernel than a reduction to a scalar (H100, one 1e8-float leaf:
-  1.51x instead of 1.81x of Adam's update for ``cprop_adam``).
+  XLA:GPU fuses a reduction over the last axis with the update's
+  elementwise outputs into a faster kernel than a reduction to a scalar
+  (H100, one 1e8-float leaf: 1.51x instead of 1.81x of Adam's update for
+  ``cprop_adam``). Arrays with 2 or more axes are reduced over their own last
+  axis; a 1-D leaf is split into rows unless it is explicitly sharded (a
+  reshape of sharded axes can be a ``ShardingTypeError``).
   """
-  if x.ndim >= 2 and x.shape[-1] > 0:
-    width = x.shape[-1]
-  else:
-    width = next((w for w in (1024, 512, 256, 128) if x.size % w == 0),
-                 max(x.size, 1))
-  return x.reshape(x.size // width, width)
+  if x.ndim >= 2:
+    return x
+  if x.ndim == 1 and not _explicitly_sharded(x):
+    width = next((w for w in (1024, 512, 256, 128) if x.size % w == 0), None)
+    if width is not None:
+      return x.reshape(x.size // width, width)
+  return x.reshape(1, 1) if x.ndim == 0 else x[None]
+
+
+def _explicitly_sharded(x: jax.Array) -> bool:
+  spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
+  return spec is not None and any(axis is not None for axis in spec)
 
 
 def _mean_scale(entries: list[_ScaleSumInputs], count: jax.Array,

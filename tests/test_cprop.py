@@ -412,16 +412,33 @@ def test_mean_scale_under_explicit_sharding(backend, monkeypatch):
   rng = np.random.default_rng(0)
   host = {"w1": rng.normal(size=(4, 8 * n)).astype(np.float32),
           "w2": rng.normal(size=(8 * n, 1)).astype(np.float32),
-          "b": rng.normal(size=(3,)).astype(np.float32)}
-  specs = {"w1": P(None, "data"), "w2": P("data", None), "b": P()}
+          "conv": rng.normal(size=(3, 2 * n, 3, 4)).astype(np.float32),
+          "long": rng.normal(size=(1024 * n,)).astype(np.float32),
+          "short": rng.normal(size=(1024,)).astype(np.float32),
+          "b": rng.normal(size=(3,)).astype(np.float32),
+          "scalar": np.float32(0.5)}
+  specs = {"w1": P(None, "data"), "w2": P("data", None),
+           "conv": P(None, "data", None, None), "long": P("data"),
+           "short": P(), "b": P(), "scalar": P()}
   if backend == "other":
     monkeypatch.setattr(jax.lax, "platform_dependent", _default_branch)
+  grads = [jax.tree.map(lambda p, i=i: p + 0.3 * i, host) for i in range(3)]
   for tx in (cprop_adam(1e-2), cprop(optax.sgd(0.1))):
-    expected = tx.update(host, tx.init(host), host)[1].mean_scale
+    update = jax.jit(tx.update)
+    expected = tx.init(host)
+    for g in grads:
+      expected = update(g, expected, host)[1]
     with jax.set_mesh(mesh):
       params = {k: jax.device_put(v, specs[k]) for k, v in host.items()}
-      _, state = jax.jit(tx.update)(params, tx.init(params), params)
-    np.testing.assert_allclose(state.mean_scale, expected, rtol=1e-6)
+      state = tx.init(params)
+      for g in grads:
+        g = {k: jax.device_put(v, specs[k]) for k, v in g.items()}
+        _, state = update(g, state, params)
+    assert 0.0 < float(expected.mean_scale) < 1.0
+    # Sharded sums add in another order: float32 rounding of a mean of ~12k
+    # terms.
+    np.testing.assert_allclose(state.mean_scale, expected.mean_scale,
+                               rtol=1e-5)
 
 
 @pytest.mark.parametrize("make", [
