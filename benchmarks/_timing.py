@@ -63,16 +63,30 @@ def interleaved_ms(
   Returns:
     name -> median milliseconds per call.
   """
+  samples = _round_samples_ms(fns, rounds, min_round_s)
+  return {name: statistics.median(ms) for name, ms in samples.items()}
+
+
+def _round_samples_ms(
+    fns: dict[str, Callable[[], Any]],
+    rounds: int,
+    min_turn_s: float,
+) -> dict[str, list[float]]:
+  """Milliseconds per call of each closure in each round (rotated order).
+
+  Each closure is called twice first (compilation and warm-up, not timed),
+  then once more to fix how many calls fill ``min_turn_s`` (at least one).
+  """
   names = list(fns)
   for name in names:
     for _ in range(2):
       _block(fns[name]())
   calls = {}
-  for name in names:  # calls per round, from one timed call
+  for name in names:
     start = time.perf_counter()
     _block(fns[name]())
     once = max(time.perf_counter() - start, 1e-6)
-    calls[name] = max(1, int(np.ceil(min_round_s / once)))
+    calls[name] = max(1, int(np.ceil(min_turn_s / once)))
   samples = {name: [] for name in names}
   for r in range(rounds):
     shift = r % len(names)
@@ -83,7 +97,7 @@ def interleaved_ms(
         out = fn()
       _block(out)
       samples[name].append((time.perf_counter() - start) / n * 1e3)
-  return {name: statistics.median(samples[name]) for name in names}
+  return samples
 
 
 class RatioStats(NamedTuple):
@@ -140,25 +154,7 @@ def paired_ratios(
   Returns:
     name -> :class:`RatioStats` (the baseline's ratios are all 1).
   """
-  names = list(fns)
-  calls = {}
-  for name in names:  # compile, warm up, and calibrate calls per turn
-    for _ in range(2):
-      _block(fns[name]())
-    start = time.perf_counter()
-    _block(fns[name]())
-    once = max(time.perf_counter() - start, 1e-6)
-    calls[name] = max(1, int(np.ceil(min_turn_s / once)))
-  samples = {name: [] for name in names}
-  for r in range(rounds):
-    shift = r % len(names)
-    for name in names[shift:] + names[:shift]:
-      fn, n = fns[name], calls[name]
-      start = time.perf_counter()
-      for _ in range(n):
-        out = fn()
-      _block(out)
-      samples[name].append((time.perf_counter() - start) / n * 1e3)
+  samples = _round_samples_ms(fns, rounds, min_turn_s)
   return ratio_stats(samples, base)
 
 
