@@ -636,14 +636,14 @@ def cprop_adam(
       if not decay:  # L2 term, seen by Adam and CProp (§1.4)
         d = d + jnp.asarray(weight_decay).astype(dtype) * p.astype(dtype)
       dd = d * d
-      # CProp's v before this step: ν itself when shared (then b2 == beta).
-      sum_inputs = _ScaleSumInputs(None, k, d, m, nu if v is None else v)
+      # CProp's moments before this step; v is ν itself when shared.
+      m_prev, v_prev = m, nu if v is None else v
       mu = _ema(mu, d, k1.beta, k1.one_minus_beta)
       nu = _ema(nu, dd, k2.beta, k2.one_minus_beta)
       m = _ema(m, d, k.beta, k.one_minus_beta)
       v = nu if v is None else _ema(v, dd, k.beta, k.one_minus_beta)
       conformity = _conformity(m, v, k, cdf)
-      sum_inputs = sum_inputs._replace(conformity=conformity)
+      sum_inputs = _ScaleSumInputs(conformity, k, d, m_prev, v_prev)
       s = _scale(conformity, k)
       nu_hat = nu * k2.inv_bias_correction
       adam = (mu * k1.inv_bias_correction) / (
