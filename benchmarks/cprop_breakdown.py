@@ -16,13 +16,16 @@
 
 Usage::
 
-  python -m benchmarks.cprop_breakdown
+  python -m benchmarks.cprop_breakdown [--rounds 41]
 
-Times ``optax.adam``, the library's ``cprop_adam`` and three stripped-down
-copies of its update on the 9.9M-parameter tree of ``benchmarks.overhead``,
-interleaved in one run:
+Times ``optax.adam``, the library's ``cprop_adam`` and stripped-down copies
+of its update on the 9.9M-parameter tree of ``benchmarks.overhead`` as
+paired per-round ratios (``benchmarks._timing.paired_ratios``):
 
 * ``no mean scale``: the same update without the ``mean_scale`` reduction;
+* ``no mean scale, jnp.tanh``: that, with XLA's general ``tanh`` instead of
+  the library's tanh for non-negative arguments (what the library's own
+  tanh saves);
 * ``no CDF``: also without the z-test (scale = min(1, |m| / sqrt(nu)));
 * ``scale 1``: only the memory traffic of the third moment (scale = 1).
 
@@ -32,17 +35,31 @@ the overhead is memory traffic, how much the CDF and how much the reduction.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import optax_adaptive as oa
 from benchmarks import _timing
 from optax_adaptive import _cprop
 
-VARIANTS = ("no mean scale", "no CDF", "scale 1")
+VARIANTS = ("no mean scale", "no mean scale, jnp.tanh", "no CDF", "scale 1")
+
+
+@contextlib.contextmanager
+def _general_tanh():
+  """Traces CProp's conformity with ``jnp.tanh`` instead of its own tanh."""
+  own = _cprop._tanh_of_nonnegative
+  _cprop._tanh_of_nonnegative = jnp.tanh
+  try:
+    yield
+  finally:
+    _cprop._tanh_of_nonnegative = own
 
 
 def stripped_cprop_adam(variant: str, learning_rate: float = 1e-3,
@@ -67,6 +84,9 @@ def stripped_cprop_adam(variant: str, learning_rate: float = 1e-3,
         s = jnp.ones_like(m)
       elif variant == "no CDF":
         s = jnp.minimum(jnp.abs(m) * jax.lax.rsqrt(nu + eps), 1.0)
+      elif variant == "no mean scale, jnp.tanh":
+        with _general_tanh():
+          s = _cprop._scale(_cprop._conformity(m, nu, k, "bft"), k)
       else:
         s = _cprop._scale(_cprop._conformity(m, nu, k, "bft"), k)
       adam = (mu * k1.inv_bias_correction) / (
@@ -85,7 +105,11 @@ def stripped_cprop_adam(variant: str, learning_rate: float = 1e-3,
   return optax.GradientTransformation(base.init, update_fn)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--rounds", type=int, default=41,
+                      help="paired rounds (benchmarks._timing.paired_ratios)")
+  rounds = parser.parse_args(argv).rounds
   params = _timing.param_tree_10m()
   grads = jax.tree.map(
       lambda p: jax.random.normal(jax.random.key(1), p.shape, p.dtype),
@@ -98,11 +122,17 @@ def main() -> int:
   for variant in VARIANTS:
     fns[variant] = _timing.update_closure(stripped_cprop_adam(variant),
                                           params, grads)
-  ms = _timing.interleaved_ms(fns, rounds=9, min_round_s=0.25)
-  print("| update (9.9M params) | time (ms) | vs optax.adam |")
+  stats = _timing.paired_ratios(fns, "optax.adam", rounds=rounds)
+  print("| update (9.9M params) | time (ms) | vs optax.adam (q1-q3) |")
   print("|---|---:|---:|")
-  for name, t in ms.items():
-    print(f"| {name} | {t:.2f} | {t / ms['optax.adam']:.2f}x |")
+  for name, st in stats.items():
+    q1, q3 = st.quartiles
+    print(f"| {name} | {st.ms:.2f} | {st.median:.2f}x ({q1:.2f}-{q3:.2f}) |")
+  own_vs_general = (stats["no mean scale"].ratios
+                    / stats["no mean scale, jnp.tanh"].ratios)
+  q1, q3 = np.percentile(own_vs_general, [25, 75])
+  print(f"\nown tanh / jnp.tanh, paired: {np.median(own_vs_general):.3f}"
+        f" ({q1:.3f}-{q3:.3f})")
   print(f"\nMachine: {_timing.machine_info()}")
   return 0
 

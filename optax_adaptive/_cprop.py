@@ -157,7 +157,48 @@ def _conformity(m: jax.Array, v: jax.Array, k: _Constants,
     arg = abs_z * (k.cdf_a * (abs_z * abs_z) + k.cdf_b)
   else:
     arg = abs_z * k.cdf_b
-  return jax.lax.erf(arg) if cdf == "normal" else jnp.tanh(arg)
+  return jax.lax.erf(arg) if cdf == "normal" else _tanh_of_nonnegative(arg)
+
+
+# Eigen's rational approximation of tanh on [0, _TANH_CLAMP], the one that
+# XLA:CPU emits for float32 tanh: x P(x²) / Q(x²), coefficients highest
+# power first. Its relative error is below 3e-7 on [0, inf).
+_TANH_P = (-2.76076847742355e-16, 2.00018790482477e-13,
+           -8.60467152213735e-11, 5.12229709037114e-08,
+           1.48572235717979e-05, 6.37261928875436e-04,
+           4.89352455891786e-03)
+_TANH_Q = (1.19825839466702e-06, 1.18534705686654e-04,
+           2.26843463243900e-03, 4.89352518554385e-03)
+_TANH_CLAMP = 7.99881172180175781  # tanh rounds to 1.0 from here on
+
+
+def _horner(coefficients: tuple[float, ...], x: jax.Array) -> jax.Array:
+  result = jnp.full_like(x, coefficients[0])
+  for c in coefficients[1:]:
+    result = result * x + c
+  return result
+
+
+def _tanh_of_nonnegative(x: jax.Array) -> jax.Array:
+  """tanh(x) for x >= 0 (NaN stays NaN); float64 uses ``jnp.tanh``.
+
+  A general tanh also handles the sign, tiny arguments and saturation with
+  selects around the rational; the conformity's argument is |z|-based, so
+  one clamp and one saturation select are enough. On a 2-core CPU the
+  update without the mean scale is about 4 % faster than with ``jnp.tanh``
+  (``python -m benchmarks.cprop_breakdown``, "own tanh / jnp.tanh"; 0.94-0.98
+  in four runs), and CProp's scale no longer depends on the backend's tanh.
+  """
+  if x.dtype != jnp.float32:
+    return jnp.tanh(x)
+  saturated = x > _TANH_CLAMP  # False for NaN, which stays NaN
+  x = jnp.where(saturated, _TANH_CLAMP, x)
+  x2 = x * x
+  # x times the ratio, not the ratio of x P: x P would flush to zero
+  # for x below ~2e-36, losing tanh(x) = x.
+  rational = x * (_horner(_TANH_P, x2) / _horner(_TANH_Q, x2))
+  # Exactly 1 when saturated also without fused multiply-adds (op by op).
+  return jnp.where(saturated, 1.0, rational)
 
 
 def _scale(conformity: jax.Array, k: _Constants) -> jax.Array:

@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -15,9 +16,10 @@ pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
-from benchmarks import compare, models, train
+from benchmarks import compare, cprop_breakdown, models, train
 from benchmarks import optimizers as registry
 from benchmarks import tasks as task_registry
+from optax_adaptive import _cprop
 
 
 @pytest.fixture(name="tiny_digits")
@@ -136,3 +138,23 @@ def test_overhead_table_prints_the_ratio_spread():
   spread = dict(row, ratio_q1=1.9, ratio_q3=2.1)
   table = overhead.markdown_table([spread])
   assert "| 2.00x (1.90-2.10) | ≤ 2.50x | yes |" in table
+
+
+def test_cprop_breakdown_variants_run_and_tanh_swap_is_rounding_only():
+  params = {"w": jnp.linspace(-1.0, 1.0, 64).reshape(8, 8)}
+  updates = {}
+  for variant in cprop_breakdown.VARIANTS:
+    tx = cprop_breakdown.stripped_cprop_adam(variant)
+    state = tx.init(params)
+    for g in (0.3, -0.1, 0.2):
+      u, state = jax.jit(tx.update)(
+          jax.tree.map(lambda p, g=g: p * g + 0.01, params), state)
+    updates[variant] = u["w"]
+    assert np.all(np.isfinite(u["w"]))
+  own, general = updates["no mean scale"], updates["no mean scale, jnp.tanh"]
+  np.testing.assert_allclose(own, general, rtol=1e-6, atol=1e-12)
+  assert not np.allclose(own, updates["scale 1"], rtol=1e-3)
+  own_tanh = _cprop._tanh_of_nonnegative
+  with cprop_breakdown._general_tanh():
+    assert _cprop._tanh_of_nonnegative is jnp.tanh
+  assert _cprop._tanh_of_nonnegative is own_tanh

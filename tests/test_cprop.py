@@ -124,6 +124,31 @@ def test_alternating_steady_state():  # §6.4, s ≈ 0.012615 at t ≈ 1e4
   np.testing.assert_allclose(out["normal"][-1], 0.012615, rtol=2e-3)
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_own_tanh_matches_float64_tanh(jit):  # §5.4
+  tanh = jax.jit(_cprop._tanh_of_nonnegative) if jit else (
+      _cprop._tanh_of_nonnegative)
+  x = np.concatenate([
+      [0.0], np.geomspace(1e-37, 1e-3, 2001), np.linspace(0.0, 30.0, 30001),
+      [7.99, 7.9988117, 8.0, 1e13, np.float32(np.finfo(np.float32).max)],
+  ]).astype(np.float32)
+  actual = np.asarray(tanh(jnp.asarray(x)))
+  expected = np.tanh(x.astype(np.float64))
+  np.testing.assert_allclose(actual, expected, rtol=4e-7, atol=0)
+  assert actual.dtype == np.float32
+  # Saturation is exact 1 (s = 1 for a constant gradient, §6.1); NaN stays.
+  edge = np.asarray(tanh(jnp.array([8.0, 1e30, np.inf, np.nan], jnp.float32)))
+  np.testing.assert_array_equal(edge[:3], 1.0)
+  assert np.isnan(edge[3])
+
+
+@pytest.mark.usefixtures("x64")
+def test_own_tanh_keeps_float64_precision():
+  x = jnp.linspace(0.0, 10.0, 1001, dtype=jnp.float64)
+  np.testing.assert_allclose(_cprop._tanh_of_nonnegative(x), np.tanh(x),
+                             rtol=1e-15)
+
+
 def test_step_one_is_exactly_one_for_every_beta():  # §6.7, §5.2
   g = jax.random.normal(jax.random.key(0), (100_000,))
 
