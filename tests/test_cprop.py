@@ -142,6 +142,15 @@ def test_own_tanh_matches_float64_tanh(jit):  # §5.4
   assert np.isnan(edge[3])
 
 
+@pytest.mark.parametrize("degree", range(8))
+def test_estrin_polynomial_matches_polyval(degree):
+  coefficients = tuple(float(c) for c in np.arange(1, degree + 2) * 0.37)
+  x = np.linspace(-2.0, 2.0, 41)
+  np.testing.assert_allclose(
+      _cprop._polynomial(coefficients, jnp.asarray(x, jnp.float32)),
+      np.polyval(coefficients, x), rtol=2e-6, atol=1e-6)
+
+
 @pytest.mark.usefixtures("x64")
 def test_own_tanh_keeps_float64_precision():
   x = jnp.linspace(0.0, 10.0, 1001, dtype=jnp.float64)
