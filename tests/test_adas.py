@@ -471,6 +471,7 @@ def test_bf16_params_keep_dtype_and_f32_trace():
   _utils.assert_tree_all_finite(new_state)
 
 
+@pytest.mark.slow  # ~15 s; tests/test_multidevice.py covers AdaS under sharding
 def test_sharded_epoch_end_matches_unsharded():
   if jax.device_count() < 8:
     pytest.skip("needs 8 devices")

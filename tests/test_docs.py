@@ -20,6 +20,7 @@
     its fence, ``<!-- skip-test: <reason> -->``; the reason is reported as a
     pytest skip (``pytest -rs`` prints it) and an empty reason fails.
     A block whose first line starts with ``>>>`` runs as a doctest.
+    Pages in ``SLOW_PAGES`` (compile-heavy) run with the slow tests.
 (b) Every public name of ``optax_adaptive.__all__`` has an API entry in
     ``docs/api/*.rst``, and every entry there is public.
 (c) The Sphinx build with warnings as errors succeeds (slow), and every
@@ -183,6 +184,9 @@ def _blocks_of(path: pathlib.Path) -> list[CodeBlock]:
 
 
 PAGES = [page for page in markdown_pages() if _blocks_of(page)]
+# Pages whose blocks compile for half a minute (AdaS's EVBMF loops) run with
+# the slow tests, which CI runs too, to keep the default suite near 10 min.
+SLOW_PAGES = {"docs/adas.md"}
 SKIPPED = [block for page in PAGES for block in _blocks_of(page)
            if block.skip_reason is not None]
 
@@ -219,7 +223,9 @@ def page_sandbox(tmp_path, monkeypatch):
     sys.modules["matplotlib.pyplot"].close("all")
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[_rel(p) for p in PAGES])
+@pytest.mark.parametrize("page", [
+    pytest.param(p, marks=pytest.mark.slow) if _rel(p) in SLOW_PAGES else p
+    for p in PAGES], ids=[_rel(p) for p in PAGES])
 def test_page_code_blocks_run(page, page_sandbox):
   del page_sandbox
   namespace = {"__name__": "__main__", "__file__": str(page)}
