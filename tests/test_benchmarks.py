@@ -9,6 +9,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -16,7 +17,7 @@ pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
-from benchmarks import compare, cprop_breakdown, models, train
+from benchmarks import compare, cprop_breakdown, cprop_passes, models, train
 from benchmarks import optimizers as registry
 from benchmarks import tasks as task_registry
 from optax_adaptive import _cprop
@@ -158,3 +159,58 @@ def test_cprop_breakdown_variants_run_and_tanh_swap_is_rounding_only():
   with cprop_breakdown._general_tanh():
     assert _cprop._tanh_of_nonnegative is jnp.tanh
   assert _cprop._tanh_of_nonnegative is own_tanh
+
+
+_SYNTHETIC_HLO = """\
+HloModule m
+
+%fused (p: f32[64]) -> f32[64] {
+  ROOT %p = f32[64]{0} parameter(0)
+}
+
+ENTRY %main (a: f32[64], b: f32[64], s: f32[]) -> (f32[64], f32[64]) {
+  %a = f32[64]{0} parameter(0)
+  %b = f32[64]{0} parameter(1)
+  %s = f32[] parameter(2)
+  %ab = f32[8,8]{1,0} bitcast(%a)
+  %two = (f32[64]{0}, f32[8,8]{1,0}) fusion(%a, %b, %s, %a), calls=%fused
+  %sum = f32[] fusion(%b), kind=kLoop, calls=%fused
+  %small = f32[4]{0} fusion(%s), kind=kLoop, calls=%fused
+  %x = f32[64]{0} get-tuple-element(%two), index=0
+  %c = f32[64]{0} copy(%x)
+  ROOT %t = (f32[64]{0}, f32[64]{0}) tuple(%c, %x)
+}
+"""
+
+
+def test_cprop_passes_counts_leaf_sized_reads_and_writes():
+  loops = cprop_passes.leaf_loops(_SYNTHETIC_HLO, 64)
+  assert loops == [
+      cprop_passes.Loop("two", "fusion", reads=2, writes=2),
+      cprop_passes.Loop("sum", "fusion", reads=1, writes=0),
+      cprop_passes.Loop("c", "copy", reads=1, writes=1),
+  ]
+
+
+def test_cprop_passes_table_and_one_loop_adam_matches_optax():
+  params = {"k": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4),
+            "b": jnp.arange(5.0)}
+  results = []
+  for tx in (optax.adam(1e-2), cprop_passes.adam_as_one_loop(1e-2)):
+    state = tx.init(params)
+    for scale in (1.0, -0.5, 2.0):
+      grads = jax.tree.map(lambda p, s=scale: jnp.sin(3 * p + s), params)
+      updates, state = jax.jit(tx.update)(grads, state)
+    results.append((updates, state))
+  (expected, expected_state), (got, got_state) = results
+  jax.tree.map(lambda e, g: np.testing.assert_allclose(g, e, rtol=1e-6),
+               (expected, expected_state), (got, got_state))
+
+  table = cprop_passes.markdown_table(4096).splitlines()
+  passes = {row.split(" | ")[0][2:]: int(row.split(" | ")[4])
+            for row in table[2:]}
+  assert set(passes) == set(cprop_passes.optimizers())
+  # Whatever the backend fuses, CProp reads and writes its m on top of Adam.
+  assert passes["optax.adam"] >= 6
+  assert passes["cprop_adam"] >= passes["optax.adam"] + 2
+  assert passes["cprop(optax.adam)"] >= passes["optax.adam"] + 4
