@@ -18,9 +18,11 @@ Usage::
 
   python -m benchmarks.cprop_breakdown [--rounds 41]
 
-Times ``optax.adam``, the library's ``cprop_adam`` and stripped-down copies
-of its update on the 9.9M-parameter tree of ``benchmarks.overhead`` as
-paired per-round ratios (``benchmarks._timing.paired_ratios``):
+Times ``optax.adam``, the library's ``cprop_adam`` (on a CPU: its fused
+kernel where built), the same update on XLA's loops (``cprop_adam, XLA
+loops``, as without the kernel) and stripped-down copies of the XLA-loop
+update on the 9.9M-parameter tree of ``benchmarks.overhead`` as paired
+per-round ratios (``benchmarks._timing.paired_ratios``):
 
 * ``no mean scale``: the same update without the ``mean_scale`` reduction;
 * ``no mean scale, jnp.tanh``: that, with XLA's general ``tanh`` instead of
@@ -30,7 +32,8 @@ paired per-round ratios (``benchmarks._timing.paired_ratios``):
 * ``scale 1``: only the memory traffic of the third moment (scale = 1).
 
 The stripped copies are diagnostics, not optimizers: they show how much of
-the overhead is memory traffic, how much the CDF and how much the reduction.
+the XLA-loop update's overhead is memory traffic, how much the CDF and how
+much the reduction.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import optax
 
 import optax_adaptive as oa
 from benchmarks import _timing
-from optax_adaptive import _cprop
+from optax_adaptive import _cprop, _cpu_kernels
 
 VARIANTS = ("no mean scale", "no mean scale, jnp.tanh", "no CDF", "scale 1")
 
@@ -119,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
       "cprop_adam": _timing.update_closure(oa.cprop_adam(1e-3), params,
                                            grads),
   }
+  xla_loops = _timing.update_closure(oa.cprop_adam(1e-3), params, grads)
+  with _cpu_kernels.xla_loops():  # compiled now, without the CPU kernel
+    xla_loops()
+  fns["cprop_adam, XLA loops"] = xla_loops
   for variant in VARIANTS:
     fns[variant] = _timing.update_closure(stripped_cprop_adam(variant),
                                           params, grads)

@@ -14,7 +14,11 @@
 # ==============================================================================
 """CProp's overhead: update of a 10M-parameter tree and a full train step.
 
-Run through ``python -m benchmarks.overhead --methods cprop``.
+Run through ``python -m benchmarks.overhead --methods cprop``. On a CPU the
+updates run on the library's fused kernels where they were built
+(optax_adaptive/_cpu_kernels.py); the rows marked "XLA loops" trace the same
+updates without them (what an install without a C++ compiler runs), for
+information, with no target.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import optax
 
 import optax_adaptive as oa
 from benchmarks import _timing
+from optax_adaptive import _cpu_kernels
 
 UPDATE_TARGETS = {
     "cprop_adam (fused)": 1.5,
@@ -32,6 +37,14 @@ UPDATE_TARGETS = {
     "cprop(optax.adam), track_mean_scale=False": 2.0,
 }
 TRAIN_STEP_TARGET = 1.10
+XLA_LOOPS = " (XLA loops)"
+
+
+def _traced_with_xla_loops(step):
+  """``step``, compiled (on its first call) without the CPU kernels."""
+  with _cpu_kernels.xla_loops():
+    step()
+  return step
 
 
 def _update_rows(quick: bool) -> list[dict]:
@@ -49,12 +62,20 @@ def _update_rows(quick: bool) -> list[dict]:
       "cprop(optax.adam), track_mean_scale=False": _timing.update_closure(
           oa.cprop(optax.adam(1e-3), track_mean_scale=False), params, grads),
   }
+  if jax.default_backend() == "cpu":
+    for name in ("cprop_adam (fused)", "cprop(optax.adam)"):
+      tx = (oa.cprop_adam(1e-3) if name.startswith("cprop_adam")
+            else oa.cprop(optax.adam(1e-3)))
+      fns[name + XLA_LOOPS] = _traced_with_xla_loops(
+          _timing.update_closure(tx, params, grads))
   stats = _timing.paired_ratios(fns, "optax.adam",
                                 **_timing.paired_rounds(quick))
+  targets = dict(UPDATE_TARGETS)
+  targets.update({name: None for name in fns if name.endswith(XLA_LOOPS)})
   return [
       _timing.ratio_row("cprop", f"update, {name}, {size / 1e6:.1f}M params",
                         stats[name], stats["optax.adam"], "optax.adam", target)
-      for name, target in UPDATE_TARGETS.items()
+      for name, target in targets.items()
   ]
 
 

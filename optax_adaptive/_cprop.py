@@ -22,6 +22,7 @@ Spec: ``/work/shared/spec/cprop.md`` (section numbers below refer to it).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_adaptive import _common
+from optax_adaptive import _common, _cpu_kernels
 
 CDFS = ("normal", "bft", "bfo", "logistic")
 
@@ -229,7 +230,7 @@ def _ema(moment: jax.Array, value: jax.Array, decay: jax.Array,
 
 
 class _ScaleSumInputs(NamedTuple):
-  """What the mean-scale reduction of one leaf may read (see _mean_scale)."""
+  """What the mean-scale reduction of one leaf may read (see _scale_sum)."""
 
   conformity: jax.Array  # 2|P - ½| of the update, from the new EMAs
   k: _Constants
@@ -262,9 +263,9 @@ def _explicitly_sharded(x: jax.Array) -> bool:
   return spec is not None and any(axis is not None for axis in spec)
 
 
-def _mean_scale(entries: list[_ScaleSumInputs], count: jax.Array,
-                cdf: str) -> jax.Array:
-  """Element-weighted mean of s over all leaves, as float32 (§5.6).
+def _scale_sum(entry: _ScaleSumInputs, unit: jax.Array,
+               cdf: str) -> jax.Array:
+  """Σ s over one leaf, as float32 (for the mean scale of §5.6).
 
   How the reduction reads s decides how XLA fuses it with the update, and
   the best choice differs per backend (``jax.lax.platform_dependent`` picks
@@ -280,41 +281,210 @@ def _mean_scale(entries: list[_ScaleSumInputs], count: jax.Array,
     the update reads is fused with it as a sibling: on XLA:GPU the whole
     update is then one kernel, instead of two around a materialised s.
 
-  Both multiply the constants by a runtime ``unit`` (always 1), which keeps
-  XLA from sharing them, and so the intermediates, with the update loop (on
+  Both multiply the constants by ``unit``, a runtime True, which keeps XLA
+  from sharing them, and so the intermediates, with the update loop (on
   CPU a shared scalar broadcast is materialised at full size, see
-  :class:`_Constants`).
+  :class:`_Constants`). (On CPU the fused kernel of ``_cpu_kernels``
+  replaces all of this for float32 leaves.)
   """
-  size = sum(int(np.prod(e.d.shape)) for e in entries)
-  if size == 0:
-    return jnp.ones((), jnp.float32)
-  unit = count > 0  # always true: count >= 1 after the first update
 
   def unshared(k):
     return jax.tree.map(lambda x: x * unit.astype(x.dtype), k)
 
-  def materialised_sums(entries):  # XLA:CPU
-    return sum(
-        jnp.sum(_scale(e.conformity, unshared(e.k)), dtype=jnp.float32)
-        for e in entries)
+  def materialised_sum(e):  # XLA:CPU
+    return jnp.sum(_scale(e.conformity, unshared(e.k)), dtype=jnp.float32)
 
-  def recomputed_row_sums(e):
+  def recomputed_sum(e):
     k = unshared(e.k)
     d, m_prev, v_prev = (_as_rows(x) for x in (e.d, e.m_prev, e.v_prev))
     m = _ema(m_prev, d, k.beta, k.one_minus_beta)
     v = _ema(v_prev, d * d, k.beta, k.one_minus_beta)
-    return jnp.sum(_scale_from_moments(m, v, k, cdf), axis=-1,
-                   dtype=jnp.float32)
+    return jnp.sum(jnp.sum(_scale_from_moments(m, v, k, cdf), axis=-1,
+                           dtype=jnp.float32))
 
-  def recomputed_sums(entries):
-    # Per-leaf totals: concatenating the row sums of differently sharded
-    # leaves is an error under explicit sharding (platform_dependent traces
-    # this branch on every backend).
-    return sum(jnp.sum(recomputed_row_sums(e)) for e in entries)
+  if entry.d.size == 0:
+    return jnp.zeros((), jnp.float32)
+  return jax.lax.platform_dependent(
+      entry, cpu=materialised_sum, default=recomputed_sum)
 
-  total = jax.lax.platform_dependent(
-      entries, cpu=materialised_sums, default=recomputed_sums)
-  return (total / size).astype(jnp.float32)
+
+def _mean_scale(sums: list[jax.Array], leaves: list[Any]) -> jax.Array:
+  """Element-weighted mean of s over all leaves, as float32 (§5.6)."""
+  size = sum(int(np.prod(x.shape)) for x in leaves)
+  if size == 0:
+    return jnp.ones((), jnp.float32)
+  return (sum(sums) / size).astype(jnp.float32)
+
+
+# ------------------------------------------------- fused CPU kernels
+
+# Layout of the coefficient vector of the CPU kernels (csrc/cprop_cpu.cc).
+_COEFFICIENTS = (
+    "beta", "one_minus_beta", "inv_bias_correction", "inv_dof", "se_eps",
+    "c", "cdf_a", "cdf_b", "b1", "one_minus_b1", "inv_bias_correction1",
+    "b2", "one_minus_b2", "inv_bias_correction2", "adam_eps",
+    "neg_learning_rate", "weight_decay")
+_CDF_CODES = {"normal": 0, "bft": 1, "bfo": 2, "logistic": 3}
+
+
+class _AdamScalars(NamedTuple):
+  """The per-step scalars of the fused update besides CProp's own."""
+
+  k1: _Constants  # Adam's first moment (decay b1)
+  k2: _Constants  # Adam's second moment (decay b2)
+  eps: jax.Array
+  learning_rate: jax.Array
+  weight_decay: jax.Array
+
+
+def _pack_coefficients(k: _Constants,
+                       adam: _AdamScalars | None = None) -> jax.Array:
+  """The float32 vector the kernels read: CProp's then Adam's scalars."""
+  zero = jnp.zeros((), jnp.float32)
+  values = [k.beta, k.one_minus_beta, k.inv_bias_correction, k.inv_dof,
+            k.eps, k.c, k.cdf_a, k.cdf_b]
+  if adam is None:
+    values += [zero] * 9
+  else:
+    values += [adam.k1.beta, adam.k1.one_minus_beta,
+               adam.k1.inv_bias_correction, adam.k2.beta,
+               adam.k2.one_minus_beta, adam.k2.inv_bias_correction,
+               adam.eps, -adam.learning_rate, adam.weight_decay]
+  return jnp.stack([jnp.asarray(x, jnp.float32) for x in values])
+
+
+def _unpack_coefficients(
+    coefficients: jax.Array) -> tuple[_Constants, _AdamScalars]:
+  c = dict(zip(_COEFFICIENTS, coefficients, strict=True))
+  zero, one = jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32)
+
+  def constants(beta, one_minus_beta, inv_bias_correction, inv_dof=zero,
+                eps=zero, scale=zero, cdf_a=zero, cdf_b=zero):
+    return _Constants(beta=beta, one_minus_beta=one_minus_beta,
+                      inv_bias_correction=inv_bias_correction,
+                      inv_dof=inv_dof, eps=eps, c=scale, zero=zero, one=one,
+                      cdf_a=cdf_a, cdf_b=cdf_b)
+
+  k = constants(c["beta"], c["one_minus_beta"], c["inv_bias_correction"],
+                c["inv_dof"], c["se_eps"], c["c"], c["cdf_a"], c["cdf_b"])
+  adam = _AdamScalars(
+      k1=constants(c["b1"], c["one_minus_b1"], c["inv_bias_correction1"]),
+      k2=constants(c["b2"], c["one_minus_b2"], c["inv_bias_correction2"]),
+      eps=c["adam_eps"], learning_rate=-c["neg_learning_rate"],
+      weight_decay=c["weight_decay"])
+  return k, adam
+
+
+def _adam_leaf(d, mu, nu, m, v, k: _Constants, adam: _AdamScalars,
+               cdf: str):
+  """The fused update of one leaf from d = g (+ λθ), §1.4.
+
+  ``v`` is None when CProp's second moment is Adam's ν (§5.5). Returns the
+  update (statistics dtype), the new μ, ν, m, v, and the scale-sum inputs.
+  """
+  dd = d * d
+  m_prev, v_prev = m, nu if v is None else v  # CProp's moments before
+  mu = _ema(mu, d, adam.k1.beta, adam.k1.one_minus_beta)
+  nu = _ema(nu, dd, adam.k2.beta, adam.k2.one_minus_beta)
+  m = _ema(m, d, k.beta, k.one_minus_beta)
+  v = None if v is None else _ema(v, dd, k.beta, k.one_minus_beta)
+  conformity = _conformity(m, nu if v is None else v, k, cdf)
+  s = _scale(conformity, k)
+  nu_hat = nu * adam.k2.inv_bias_correction
+  step = (mu * adam.k1.inv_bias_correction) / (jnp.sqrt(nu_hat) + adam.eps)
+  u = -adam.learning_rate * step * s
+  return u, mu, nu, m, v, _ScaleSumInputs(conformity, k, d, m_prev, v_prev)
+
+
+def _wrapper_leaf(g, u, m_prev, v_prev, k: _Constants, cdf: str):
+  """The scaled update and new EMAs of one leaf of :func:`cprop` (§1.2)."""
+  m = _ema(m_prev, g, k.beta, k.one_minus_beta)
+  v = _ema(v_prev, g * g, k.beta, k.one_minus_beta)
+  conformity = _conformity(m, v, k, cdf)
+  s = _scale(conformity, k)
+  scaled = (u.astype(s.dtype) * s).astype(u.dtype)
+  return scaled, m, v, _ScaleSumInputs(conformity, k, g, m_prev, v_prev)
+
+
+def _runtime_unit(coefficients: jax.Array) -> jax.Array:
+  return coefficients[_COEFFICIENTS.index("inv_bias_correction")] > 0
+
+
+def _adam_kernel_reference(g, p, mu, nu, m, v, coefficients, *, cdf: str,
+                           decay: bool, own_v: bool):
+  """What the fused kernel computes; ``p``/``v`` are empty when unused."""
+  k, adam = _unpack_coefficients(coefficients)
+  d = g + adam.weight_decay * p if decay else g
+  u, mu, nu, m, new_v, sum_inputs = _adam_leaf(
+      d, mu, nu, m, v if own_v else None, k, adam, cdf)
+  scale_sum = _scale_sum(sum_inputs, _runtime_unit(coefficients), cdf)
+  return u, mu, nu, m, new_v if own_v else v, scale_sum
+
+
+def _wrapper_kernel_reference(g, u, m, v, coefficients, *, cdf: str):
+  """What the wrapper's kernel computes."""
+  k, _ = _unpack_coefficients(coefficients)
+  u, m, v, sum_inputs = _wrapper_leaf(g, u, m, v, k, cdf)
+  return u, m, v, _scale_sum(sum_inputs, _runtime_unit(coefficients), cdf)
+
+
+def _self_test_operands(size: int, seed: int) -> list[np.ndarray]:
+  rng = np.random.default_rng(seed)
+  g, p, mu, m = (rng.normal(size=size).astype(np.float32) for _ in range(4))
+  nu, v = (np.abs(rng.normal(size=size)).astype(np.float32)
+           for _ in range(2))
+  # Zero and infinite gradients. No NaN: XLA:CPU's fused min-and-sum
+  # (jaxlib 0.10.2) drops NaNs from sums over more than a few thousand
+  # elements, so the reference's sum would not be NaN (the kernel's is).
+  g[:3] = (0.0, np.inf, -np.inf)
+  return [g, p, mu, nu, m, v]
+
+
+def _self_test_coefficients(cdf: str, weight_decay: float) -> np.ndarray:
+  count = jnp.asarray(3, jnp.int32)
+  k = _constants(count, 0.9, 1.5, 1e-8, cdf, jnp.float32)
+  adam = _AdamScalars(
+      k1=_constants(count, 0.8, 0.0, 0.0, cdf, jnp.float32),
+      k2=_constants(count, 0.99, 0.0, 0.0, cdf, jnp.float32),
+      eps=jnp.float32(1e-8), learning_rate=jnp.float32(0.01),
+      weight_decay=jnp.float32(weight_decay))
+  return np.asarray(_pack_coefficients(k, adam))
+
+
+def _self_test_adam(kernel: _cpu_kernels.LeafKernel) -> bool:
+  g, p, mu, nu, m, v = _self_test_operands(40_000, seed=0)
+  empty = np.zeros((0,), np.float32)
+  cases = [  # tanh and erf CDFs; every optional operand on, then off
+      ("bft", True, True, [g, p, mu, nu, m, v]),
+      ("normal", False, False, [g, empty, mu, nu, m, empty]),
+  ]
+  return all(
+      _cpu_kernels.close(
+          kernel, [*arrays, _self_test_coefficients(cdf, 0.01)],
+          {"cdf": cdf, "decay": decay, "own_v": own_v})
+      for cdf, decay, own_v, arrays in cases)
+
+
+def _self_test_wrapper(kernel: _cpu_kernels.LeafKernel) -> bool:
+  g, u, m, _, _, v = _self_test_operands(40_000, seed=1)
+  return all(
+      _cpu_kernels.close(kernel, [g, u, m, v,
+                                  _self_test_coefficients(cdf, 0.0)],
+                         {"cdf": cdf})
+      for cdf in ("bft", "normal"))
+
+
+_ADAM_KERNEL = _cpu_kernels.LeafKernel(
+    "cprop_adam_leaf", "OptaxAdaptiveCPropAdam", _adam_kernel_reference,
+    aliases=lambda own_v, **_: {2: 1, 3: 2, 4: 3} | ({5: 4} if own_v else {}),
+    attributes=lambda cdf, **_: {"cdf": np.int32(_CDF_CODES[cdf])},
+    self_test=_self_test_adam)
+
+_WRAPPER_KERNEL = _cpu_kernels.LeafKernel(
+    "cprop_scale_leaf", "OptaxAdaptiveCPropScale", _wrapper_kernel_reference,
+    aliases=lambda **_: {1: 0, 2: 1, 3: 2},
+    attributes=lambda cdf: {"cdf": np.int32(_CDF_CODES[cdf])},
+    self_test=_self_test_wrapper)
 
 
 class _ConstantsCache:
@@ -443,30 +613,42 @@ def cprop(
         updates, state.inner_state, params, **extra_args)
     count = optax.safe_int32_increment(state.count)
     constants = _ConstantsCache(count, beta, c, eps, cdf)
+    unit = count > 0  # a runtime True, see _scale_sum
+    kernel_coefficients = functools.cache(
+        lambda: _pack_coefficients(constants(jnp.float32)))
+
+    # Constants are made before platform_dependent traces its branches:
+    # cached inside one branch, they would leak into the other's trace.
+    def xla_leaf(g, u, m_prev, v_prev, k, coefficients):
+      del coefficients
+      scaled, m, v, sum_inputs = _wrapper_leaf(
+          g.astype(m_prev.dtype), u, m_prev, v_prev, k, cdf)
+      return scaled, m, v, _scale_sum(sum_inputs, unit, cdf)
+
+    def kernel_leaf(g, u, m_prev, v_prev, k, coefficients):
+      del k
+      return _WRAPPER_KERNEL(g, u, m_prev, v_prev, coefficients, cdf=cdf)
 
     def leaf(g, u, m_prev, v_prev):
       k = constants(m_prev.dtype)
-      g = g.astype(m_prev.dtype)
-      m = _ema(m_prev, g, k.beta, k.one_minus_beta)
-      v = _ema(v_prev, g * g, k.beta, k.one_minus_beta)
-      conformity = _conformity(m, v, k, cdf)
-      s = _scale(conformity, k)
-      sum_inputs = _ScaleSumInputs(conformity, k, g, m_prev, v_prev)
-      return (u.astype(s.dtype) * s).astype(u.dtype), m, v, sum_inputs
+      if not _cpu_kernels.usable(_WRAPPER_KERNEL, g, u, m_prev, v_prev):
+        return xla_leaf(g, u, m_prev, v_prev, k, None)
+      return jax.lax.platform_dependent(
+          g, u, m_prev, v_prev, k, kernel_coefficients(), cpu=kernel_leaf,
+          default=xla_leaf)
 
     treedef = jax.tree.structure(updates)
     out = [leaf(*args) for args in zip(
         treedef.flatten_up_to(updates), treedef.flatten_up_to(inner_updates),
         treedef.flatten_up_to(state.m), treedef.flatten_up_to(state.v),
         strict=True)]
-    new_updates, m, v, sum_inputs = ([o[i] for o in out] for i in range(4))
+    new_updates, m, v, sums = ([o[i] for o in out] for i in range(4))
     new_state = CPropState(
         count=count,
         m=treedef.unflatten(m),
         v=treedef.unflatten(v),
         inner_state=inner_state,
-        mean_scale=(_mean_scale(sum_inputs, count, cdf) if track_mean_scale
-                    else None),
+        mean_scale=_mean_scale(sums, m) if track_mean_scale else None,
     )
     return treedef.unflatten(new_updates), new_state
 
@@ -670,55 +852,72 @@ def cprop_adam(
     # complies with signature of GradientTransformationExtraArgs but ignores
     # the extra_args
     del extra_args
-    decay = _common.is_concrete_number(weight_decay) and weight_decay == 0
-    if not decay:
+    no_decay = (_common.is_concrete_number(weight_decay)
+                and weight_decay == 0)
+    if not no_decay:
       _common.require_params(params, "cprop_adam with weight_decay")
     step_size = _common.value_at(learning_rate, state.count)
     count = optax.safe_int32_increment(state.count)
+    unit = count > 0  # a runtime True, see _scale_sum
     cprop_constants = _ConstantsCache(count, beta, c, cprop_eps, cdf)
     adam_constants = _ConstantsCache(count, b1, 0.0, 0.0, cdf)
     nu_constants = _ConstantsCache(count, b2, 0.0, 0.0, cdf)
 
+    def adam_scalars(dtype):
+      return _AdamScalars(
+          k1=adam_constants(dtype), k2=nu_constants(dtype),
+          eps=jnp.asarray(eps).astype(dtype),
+          learning_rate=jnp.asarray(step_size).astype(dtype),
+          weight_decay=jnp.asarray(weight_decay).astype(dtype))
+
+    kernel_coefficients = functools.cache(lambda: _pack_coefficients(
+        cprop_constants(jnp.float32), adam_scalars(jnp.float32)))
+
+    # Constants are made before platform_dependent traces its branches:
+    # cached inside one branch, they would leak into the other's trace.
+    def xla_leaf(g, p, mu, nu, m, v, k, adam, coefficients):
+      del coefficients
+      d = g.astype(mu.dtype)
+      if p is not None:  # L2 term, seen by Adam and CProp (§1.4)
+        d = d + adam.weight_decay * p.astype(mu.dtype)
+      u, mu, nu, m, v, sum_inputs = _adam_leaf(d, mu, nu, m, v, k, adam, cdf)
+      return (u.astype(g.dtype), mu, nu, m, v,
+              _scale_sum(sum_inputs, unit, cdf))
+
+    def kernel_leaf(g, p, mu, nu, m, v, k, adam, coefficients):
+      del k, adam
+      empty = jnp.zeros((0,), jnp.float32)
+      u, mu, nu, m, new_v, total = _ADAM_KERNEL(
+          g, empty if p is None else p, mu, nu, m,
+          empty if v is None else v, coefficients, cdf=cdf,
+          decay=p is not None, own_v=v is not None)
+      return u, mu, nu, m, None if v is None else new_v, total
+
     def leaf(g, p, mu, nu, m, v):
-      dtype = mu.dtype
-      k = cprop_constants(dtype)
-      k1, k2 = adam_constants(dtype), nu_constants(dtype)
-      d = g.astype(dtype)
-      if not decay:  # L2 term, seen by Adam and CProp (§1.4)
-        d = d + jnp.asarray(weight_decay).astype(dtype) * p.astype(dtype)
-      dd = d * d
-      # CProp's moments before this step; v is ν itself when shared.
-      m_prev, v_prev = m, nu if v is None else v
-      mu = _ema(mu, d, k1.beta, k1.one_minus_beta)
-      nu = _ema(nu, dd, k2.beta, k2.one_minus_beta)
-      m = _ema(m, d, k.beta, k.one_minus_beta)
-      v = nu if v is None else _ema(v, dd, k.beta, k.one_minus_beta)
-      conformity = _conformity(m, v, k, cdf)
-      sum_inputs = _ScaleSumInputs(conformity, k, d, m_prev, v_prev)
-      s = _scale(conformity, k)
-      nu_hat = nu * k2.inv_bias_correction
-      adam = (mu * k1.inv_bias_correction) / (
-          jnp.sqrt(nu_hat) + jnp.asarray(eps).astype(dtype))
-      lr = jnp.asarray(step_size).astype(dtype)
-      u = (-lr * adam * s).astype(g.dtype)
-      return u, mu, nu, m, v, sum_inputs
+      k, adam = cprop_constants(mu.dtype), adam_scalars(mu.dtype)
+      arrays = [x for x in (g, p, mu, nu, m, v) if x is not None]
+      if not _cpu_kernels.usable(_ADAM_KERNEL, *arrays):
+        return xla_leaf(g, p, mu, nu, m, v, k, adam, None)
+      return jax.lax.platform_dependent(
+          g, p, mu, nu, m, v, k, adam, kernel_coefficients(),
+          cpu=kernel_leaf, default=xla_leaf)
 
     treedef = jax.tree.structure(updates)
     flat = lambda tree: treedef.flatten_up_to(tree)
-    flat_params = flat(params) if not decay else [None] * treedef.num_leaves
+    flat_params = ([None] * treedef.num_leaves if no_decay
+                   else flat(params))
     flat_v = flat(state.v) if not share else [None] * treedef.num_leaves
     out = [leaf(*args) for args in zip(
         flat(updates), flat_params, flat(state.mu), flat(state.nu),
         flat(state.m), flat_v, strict=True)]
-    u, mu, nu, m, v, sum_inputs = ([o[i] for o in out] for i in range(6))
+    u, mu, nu, m, v, sums = ([o[i] for o in out] for i in range(6))
     new_state = CPropAdamState(
         count=count,
         mu=treedef.unflatten(mu),
         nu=treedef.unflatten(nu),
         m=treedef.unflatten(m),
         v=None if share else treedef.unflatten(v),
-        mean_scale=(_mean_scale(sum_inputs, count, cdf) if track_mean_scale
-                    else None),
+        mean_scale=_mean_scale(sums, mu) if track_mean_scale else None,
     )
     return treedef.unflatten(u), new_state
 
