@@ -559,10 +559,13 @@ def cprop(
       (one-term) or ``"logistic"``.
     track_mean_scale: keep ``state.mean_scale`` up to date (a reduction over
       all parameters every step). ``False`` sets the field to None and saves
-      that reduction: on a CPU it is about a sixth to a quarter of the fused
-      ``cprop_adam`` update's time (``python -m benchmarks.cprop_breakdown``);
-      on a GPU, where the update is one kernel either way, it takes a large
-      leaf's fused update from 1.5x to 1.33x of Adam's.
+      that reduction. The fused CPU kernels (float32 leaves, see
+      docs/cprop.md) add up the scale in their loop at no measurable cost; on
+      XLA's loops the reduction is about a sixth to a quarter of the fused
+      ``cprop_adam`` update's time on a CPU
+      (``python -m benchmarks.cprop_breakdown``), and on a GPU, where the
+      update is one kernel either way, it takes a large leaf's fused update
+      from 1.5x to 1.33x of Adam's.
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs` with state

@@ -24,7 +24,7 @@ Each handler is wrapped in a :class:`LeafKernel`, a JAX primitive whose
 lowering emits the handler only where it is valid: a CPU-only lowering of a
 computation that is not partitioned across devices (plain ``jit``, ``pmap``
 or a fully manual ``shard_map``). Everywhere else (GPU and TPU, sharded
-``jit``, exported multi-platform code) it lowers the pure-JAX ``reference``
+``jit``, ``jax.export``) it lowers the pure-JAX ``reference``
 that defines the kernel's results, which also gives its ``vmap`` and ``jvp``
 rules. The kernels are used only when the library loaded and passed a
 self-test; ``OPTAX_ADAPTIVE_CPU_KERNELS=0`` turns them off.
@@ -83,6 +83,9 @@ def disabled_reason() -> str | None:
 def _use_handler(ctx: mlir.LoweringRuleContext) -> bool:
   """Whether this lowering may call a CPU handler on whole arrays."""
   if tuple(ctx.module_context.platforms) != ("cpu",):
+    return False
+  parameters = getattr(ctx.module_context, "lowering_parameters", None)
+  if getattr(parameters, "for_export", False):  # our targets are not stable
     return False
   axis_context = ctx.module_context.axis_context
   num_devices = getattr(axis_context, "num_devices", None)

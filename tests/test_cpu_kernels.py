@@ -223,3 +223,15 @@ def test_disable_variable(monkeypatch):
   assert "OPTAX_ADAPTIVE_CPU_KERNELS=0" in _cpu_kernels.disabled_reason()
   monkeypatch.delenv(_cpu_kernels.DISABLE_VARIABLE)
   assert _cpu_kernels.disabled_reason() is None
+
+
+def test_export_uses_xla_loops():
+  params, grads = _problem(size=300)
+  tx = oa.cprop_adam(0.01)
+  state = tx.init(params)
+  exported = jax.export.export(jax.jit(tx.update), platforms=("cpu",))(
+      grads[0], state, params)
+  assert "optax_adaptive_cprop" not in exported.mlir_module()
+  updates, _ = exported.call(grads[0], state, params)
+  assert_trees_all_close(updates, _run(tx, params, grads[:1])[0][0],
+                         rtol=2e-5, atol=1e-9)
