@@ -304,3 +304,10 @@ def run_if(pred: jax.Array, fn: Callable[[Any], Any], operand: Any) -> Any:
   return jax.lax.while_loop(
       lambda carry: carry[0], body, (jnp.asarray(pred, jnp.bool_), operand)
   )[1]
+
+
+def explicitly_sharded(x: Any) -> bool:
+  """Whether ``x``'s type carries a sharding over some mesh axis (explicit
+  sharding mode); False for unsharded values and in auto mode."""
+  spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
+  return spec is not None and any(axis is not None for axis in spec)

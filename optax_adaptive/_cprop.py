@@ -251,16 +251,11 @@ def _as_rows(x: jax.Array) -> jax.Array:
   """
   if x.ndim >= 2:
     return x
-  if x.ndim == 1 and not _explicitly_sharded(x):
+  if x.ndim == 1 and not _common.explicitly_sharded(x):
     width = next((w for w in (1024, 512, 256, 128) if x.size % w == 0), None)
     if width is not None:
       return x.reshape(x.size // width, width)
   return x.reshape(1, 1) if x.ndim == 0 else x[None]
-
-
-def _explicitly_sharded(x: jax.Array) -> bool:
-  spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
-  return spec is not None and any(axis is not None for axis in spec)
 
 
 def _scale_sum(entry: _ScaleSumInputs, unit: jax.Array,

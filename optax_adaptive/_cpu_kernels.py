@@ -47,6 +47,8 @@ import numpy as np
 from jax.extend import core as jex_core
 from jax.interpreters import ad, batching, mlir
 
+from optax_adaptive import _common
+
 LIBRARY_STEM = "_cprop_cpu_kernels"
 DISABLE_VARIABLE = "OPTAX_ADAPTIVE_CPU_KERNELS"
 _forced_off = False  # set by xla_loops()
@@ -217,10 +219,8 @@ def usable(kernel: LeafKernel, *arrays: jax.Array) -> bool:
     return False
   for x in arrays:
     aval = jax.typeof(x)
-    if aval.dtype != jnp.float32 or aval.size == 0:
-      return False
-    spec = getattr(getattr(aval, "sharding", None), "spec", None)
-    if spec is not None and any(axis is not None for axis in spec):
+    if (aval.dtype != jnp.float32 or aval.size == 0
+        or _common.explicitly_sharded(x)):
       return False
   return kernel.unavailable_reason is None
 

@@ -22,7 +22,7 @@ limitations under the License.
 // and write every output once, in place on the state (the Python side
 // aliases state inputs to outputs). The arithmetic mirrors
 // optax_adaptive/_cprop.py operation by operation; that module is the
-// reference, and tests/test_cprop_cpu_kernel.py compares the two.
+// reference, and tests/test_cpu_kernels.py compares the two.
 
 #include <algorithm>
 #include <atomic>
@@ -54,7 +54,7 @@ namespace {
 #define OA_LAMBDA_INLINE
 #endif
 
-// Coefficient layout shared with optax_adaptive/_cprop_cpu.py.
+// Coefficient layout shared with _COEFFICIENTS in optax_adaptive/_cprop.py.
 enum Coefficient : int {
   kBeta = 0,          // CProp's EMA decay
   kOneMinusBeta,
