@@ -213,8 +213,15 @@ def _tanh_of_nonnegative(x: jax.Array) -> jax.Array:
 
 
 def _scale(conformity: jax.Array, k: _Constants) -> jax.Array:
-  """s = min(1, c · 2|P - ½|), §1.2."""
-  return jnp.minimum(k.c * conformity, k.one)
+  """s = min(1, c · 2|P - ½|), §1.2, with NaN staying NaN.
+
+  A select rather than ``jnp.minimum``: XLA:CPU (jaxlib 0.10.2) fuses a
+  minimum feeding a sum into a kernel that drops NaNs once the array has
+  more than a few thousand elements, which hid a NaN gradient from
+  ``mean_scale``.
+  """
+  scaled = k.c * conformity
+  return jnp.where(scaled > k.one, k.one, scaled)
 
 
 def _scale_from_moments(m: jax.Array, v: jax.Array, k: _Constants,
@@ -428,10 +435,7 @@ def _self_test_operands(size: int, seed: int) -> list[np.ndarray]:
   g, p, mu, m = (rng.normal(size=size).astype(np.float32) for _ in range(4))
   nu, v = (np.abs(rng.normal(size=size)).astype(np.float32)
            for _ in range(2))
-  # Zero and infinite gradients. No NaN: XLA:CPU's fused min-and-sum
-  # (jaxlib 0.10.2) drops NaNs from sums over more than a few thousand
-  # elements, so the reference's sum would not be NaN (the kernel's is).
-  g[:3] = (0.0, np.inf, -np.inf)
+  g[:4] = (0.0, np.inf, -np.inf, np.nan)  # zero and non-finite gradients
   return [g, p, mu, nu, m, v]
 
 

@@ -7,6 +7,8 @@ where they are valid, and keep ``vmap``, ``jvp`` and sharded ``jit`` working.
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -149,13 +151,18 @@ def test_kernel_updates_state_in_place():
     assert len(calls) == 1, loops
 
 
-def test_nan_gradient_makes_mean_scale_nan_on_large_leaves():
-  # XLA:CPU's fused min-and-sum drops NaNs over large arrays; the kernel
-  # keeps the documented NaN propagation (tests/test_nonfinite.py).
+@pytest.mark.parametrize("xla_loops", [False, True])
+def test_nan_gradient_makes_mean_scale_nan_on_large_leaves(xla_loops):
+  # XLA:CPU fuses a jnp.minimum feeding a sum into a kernel that drops NaNs
+  # over large arrays; _cprop._scale is a select for that reason. Both paths
+  # keep the documented NaN propagation (tests/test_nonfinite.py).
   params = {"w": jnp.ones((40_000,), jnp.float32)}
   grads = {"w": jnp.full((40_000,), 0.1, jnp.float32).at[5].set(jnp.nan)}
   for tx in (oa.cprop_adam(1e-3), oa.cprop(optax.sgd(0.1))):
-    _, state = jax.jit(tx.update)(grads, tx.init(params), params)
+    with (_cpu_kernels.xla_loops() if xla_loops
+          else contextlib.nullcontext()):
+      update = jax.jit(tx.update)
+      _, state = update(grads, tx.init(params), params)
     assert np.isnan(float(state.mean_scale))
 
 
