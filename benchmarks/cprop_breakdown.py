@@ -49,7 +49,7 @@ import optax
 
 import optax_adaptive as oa
 from benchmarks import _timing
-from optax_adaptive import _cprop, _cpu_kernels
+from optax_adaptive import _cprop
 
 VARIANTS = ("no mean scale", "no mean scale, jnp.tanh", "no CDF", "scale 1")
 
@@ -122,10 +122,8 @@ def main(argv: list[str] | None = None) -> int:
       "cprop_adam": _timing.update_closure(oa.cprop_adam(1e-3), params,
                                            grads),
   }
-  xla_loops = _timing.update_closure(oa.cprop_adam(1e-3), params, grads)
-  with _cpu_kernels.xla_loops():  # compiled now, without the CPU kernel
-    xla_loops()
-  fns["cprop_adam, XLA loops"] = xla_loops
+  fns["cprop_adam, XLA loops"] = _timing.xla_loops_update_closure(
+      oa.cprop_adam(1e-3), params, grads)
   for variant in VARIANTS:
     fns[variant] = _timing.update_closure(stripped_cprop_adam(variant),
                                           params, grads)

@@ -28,7 +28,6 @@ import optax
 
 import optax_adaptive as oa
 from benchmarks import _timing
-from optax_adaptive import _cpu_kernels
 
 UPDATE_TARGETS = {
     "cprop_adam (fused)": 1.5,
@@ -38,13 +37,6 @@ UPDATE_TARGETS = {
 }
 TRAIN_STEP_TARGET = 1.10
 XLA_LOOPS = " (XLA loops)"
-
-
-def _traced_with_xla_loops(step):
-  """``step``, compiled (on its first call) without the CPU kernels."""
-  with _cpu_kernels.xla_loops():
-    step()
-  return step
 
 
 def _update_rows(quick: bool) -> list[dict]:
@@ -66,8 +58,8 @@ def _update_rows(quick: bool) -> list[dict]:
     for name in ("cprop_adam (fused)", "cprop(optax.adam)"):
       tx = (oa.cprop_adam(1e-3) if name.startswith("cprop_adam")
             else oa.cprop(optax.adam(1e-3)))
-      fns[name + XLA_LOOPS] = _traced_with_xla_loops(
-          _timing.update_closure(tx, params, grads))
+      fns[name + XLA_LOOPS] = _timing.xla_loops_update_closure(
+          tx, params, grads)
   stats = _timing.paired_ratios(fns, "optax.adam",
                                 **_timing.paired_rounds(quick))
   targets = dict(UPDATE_TARGETS)

@@ -345,8 +345,8 @@ def _pack_coefficients(k: _Constants,
   zero = jnp.zeros((), jnp.float32)
   values = [k.beta, k.one_minus_beta, k.inv_bias_correction, k.inv_dof,
             k.eps, k.c, k.cdf_a, k.cdf_b]
-  if adam is None:
-    values += [zero] * 9
+  if adam is None:  # the wrapper's kernel reads only CProp's scalars
+    values += [zero] * (len(_COEFFICIENTS) - len(values))
   else:
     values += [adam.k1.beta, adam.k1.one_minus_beta,
                adam.k1.inv_bias_correction, adam.k2.beta,
