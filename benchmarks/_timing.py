@@ -35,8 +35,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_adaptive import _cpu_kernels
-
 
 def _block(value: Any) -> None:
   jax.block_until_ready(value)
@@ -241,20 +239,6 @@ def update_closure(
     carry["state"], updates = update(carry["state"], grads, params)
     return updates
 
-  return step
-
-
-def xla_loops_update_closure(
-    tx: optax.GradientTransformation,
-    params: Any,
-    grads: Any,
-) -> Callable[[], Any]:
-  """:func:`update_closure`, compiled now without the library's CPU kernels
-  (``optax_adaptive._cpu_kernels.xla_loops``): XLA's own loops, as an
-  install without a C++ compiler runs them."""
-  step = update_closure(tx, params, grads)
-  with _cpu_kernels.xla_loops():
-    step()  # traced and compiled here; later calls reuse it
   return step
 
 

@@ -122,8 +122,6 @@ def main(argv: list[str] | None = None) -> int:
       "cprop_adam": _timing.update_closure(oa.cprop_adam(1e-3), params,
                                            grads),
   }
-  fns["cprop_adam, XLA loops"] = _timing.xla_loops_update_closure(
-      oa.cprop_adam(1e-3), params, grads)
   for variant in VARIANTS:
     fns[variant] = _timing.update_closure(stripped_cprop_adam(variant),
                                           params, grads)

@@ -27,10 +27,7 @@ memory traffic in units of the leaf, and its ratio to Adam's is the floor of
 the time ratio where memory bandwidth is the limit. XLA:CPU writes each
 output array in its own loop (no multi-output loop fusion), so intermediates
 that several outputs share are read again by every loop that needs them;
-XLA:GPU fuses sibling outputs into one kernel. On a CPU, CProp's updates run
-on the library's fused kernels where they were built (one custom call per
-leaf, reading every input and writing every output once); the rows marked
-"XLA loops" are the same updates traced without them.
+XLA:GPU fuses sibling outputs into one kernel.
 
 The last row is an experiment, not a library optimizer: Adam written as one
 variadic ``lax.reduce_window`` with 1-element windows, the only way found to
@@ -47,7 +44,6 @@ shared by all rows that compresses their ratios (the 10M-parameter tree of
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import re
 import resource
@@ -60,7 +56,6 @@ import optax
 
 import optax_adaptive as oa
 from benchmarks import _timing
-from optax_adaptive import _cpu_kernels
 
 # Instructions that move no data themselves.
 _FREE_OPCODES = frozenset(
@@ -153,12 +148,8 @@ def adam_as_one_loop(learning_rate: float = 1e-3, b1: float = 0.9,
   return optax.GradientTransformation(base.init, update_fn)
 
 
-XLA_LOOPS = ", XLA loops"
-
-
 def optimizers() -> dict[str, optax.GradientTransformation]:
-  """The rows; names ending in ``XLA_LOOPS`` are traced without the CPU
-  kernels (:func:`optax_adaptive._cpu_kernels.xla_loops`)."""
+  """The rows: Adam, CProp's updates, and the reduce_window experiment."""
   cprop_rows = {
       "cprop_adam, track_mean_scale=False": lambda: oa.cprop_adam(
           1e-3, track_mean_scale=False),
@@ -169,14 +160,8 @@ def optimizers() -> dict[str, optax.GradientTransformation]:
   }
   rows = {"optax.adam": optax.adam(1e-3)}
   rows.update({name: make() for name, make in cprop_rows.items()})
-  rows.update({name + XLA_LOOPS: make() for name, make in cprop_rows.items()})
   rows["experiment: Adam as one reduce_window loop"] = adam_as_one_loop(1e-3)
   return rows
-
-
-def _tracing_context(name: str):
-  return (_cpu_kernels.xla_loops() if name.endswith(XLA_LOOPS)
-          else contextlib.nullcontext())
 
 
 def compiled_update_hlo(tx: optax.GradientTransformation, size: int) -> str:
@@ -209,8 +194,7 @@ def update_times(size: int, rounds: int) -> dict[str, Timing]:
   """Each optimizer's donated update against Adam's, and its page faults."""
   params = {"w": jax.random.normal(jax.random.key(0), (size,), jnp.float32)}
   grads = {"w": jax.random.normal(jax.random.key(1), (size,), jnp.float32)}
-  fns = {name: (_timing.xla_loops_update_closure if name.endswith(XLA_LOOPS)
-                else _timing.update_closure)(tx, params, grads)
+  fns = {name: _timing.update_closure(tx, params, grads)
          for name, tx in optimizers().items()}
   ratios = _timing.paired_ratios(fns, "optax.adam", rounds=rounds)
   return {name: Timing(ratios[name], _page_faults_per_call(fn))
@@ -221,8 +205,7 @@ def markdown_table(size: int, list_loops: bool = False,
                    times: dict[str, Timing] | None = None) -> str:
   rows, details = [], []
   for name, tx in optimizers().items():
-    with _tracing_context(name):
-      loops = leaf_loops(compiled_update_hlo(tx, size), size)
+    loops = leaf_loops(compiled_update_hlo(tx, size), size)
     passes = sum(loop.reads + loop.writes for loop in loops)
     rows.append((name, len(loops), sum(loop.reads for loop in loops),
                  sum(loop.writes for loop in loops), passes))

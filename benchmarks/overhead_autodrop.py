@@ -77,7 +77,7 @@ def extra_state_bytes_per_param(params: Any) -> float:
   return total / _timing.tree_size(params)
 
 
-def _update_rows(quick: bool) -> list[dict]:
+def update_rows(quick: bool) -> list[dict]:
   params = _timing.param_tree_10m()
   grads = jax.tree.map(lambda p: p * 0.01 + 1e-3, params)
   size = _timing.tree_size(params)
@@ -124,4 +124,4 @@ def _train_step_rows(quick: bool) -> list[dict]:
 
 
 def rows(quick: bool) -> list[dict]:
-  return _update_rows(quick) + _train_step_rows(quick)
+  return update_rows(quick) + _train_step_rows(quick)

@@ -22,8 +22,8 @@ Spec: ``/work/shared/spec/cprop.md`` (section numbers below refer to it).
 
 from __future__ import annotations
 
-import functools
 import math
+from collections.abc import Hashable
 from typing import Any, NamedTuple
 
 import jax
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_adaptive import _common, _cpu_kernels
+from optax_adaptive import _common
 
 CDFS = ("normal", "bft", "bfo", "logistic")
 
@@ -215,10 +215,8 @@ def _tanh_of_nonnegative(x: jax.Array) -> jax.Array:
 def _scale(conformity: jax.Array, k: _Constants) -> jax.Array:
   """s = min(1, c · 2|P - ½|), §1.2, with NaN staying NaN.
 
-  A select rather than ``jnp.minimum``: XLA:CPU (jaxlib 0.10.2) fuses a
-  minimum feeding a sum into a kernel that drops NaNs once the array has
-  more than a few thousand elements, which hid a NaN gradient from
-  ``mean_scale``.
+  A select, whose NaN handling does not depend on how a backend implements
+  ``minimum`` (see the CPU branch of :func:`_scale_sum`).
   """
   scaled = k.c * conformity
   return jnp.where(scaled > k.one, k.one, scaled)
@@ -286,15 +284,20 @@ def _scale_sum(entry: _ScaleSumInputs, unit: jax.Array,
   Both multiply the constants by ``unit``, a runtime True, which keeps XLA
   from sharing them, and so the intermediates, with the update loop (on
   CPU a shared scalar broadcast is materialised at full size, see
-  :class:`_Constants`). (On CPU the fused kernel of ``_cpu_kernels``
-  replaces all of this for float32 leaves.)
+  :class:`_Constants`).
   """
 
   def unshared(k):
     return jax.tree.map(lambda x: x * unit.astype(x.dtype), k)
 
   def materialised_sum(e):  # XLA:CPU
-    return jnp.sum(_scale(e.conformity, unshared(e.k)), dtype=jnp.float32)
+    k = unshared(e.k)
+    # jnp.minimum, not the select of _scale: XLA:CPU runs this sum as one
+    # YNNPACK reduction, which takes a minimum but not a select (a select
+    # materialises s first, doubling the update's time). Its minimum returns
+    # the second operand when one is NaN, so the product goes second and a
+    # NaN gradient still shows in the mean scale (docs/cprop.md, "Overhead").
+    return jnp.sum(jnp.minimum(k.one, k.c * e.conformity), dtype=jnp.float32)
 
   def recomputed_sum(e):
     k = unshared(e.k)
@@ -310,23 +313,24 @@ def _scale_sum(entry: _ScaleSumInputs, unit: jax.Array,
       entry, cpu=materialised_sum, default=recomputed_sum)
 
 
-def _mean_scale(sums: list[jax.Array], leaves: list[Any]) -> jax.Array:
-  """Element-weighted mean of s over all leaves, as float32 (§5.6)."""
+def _mean_scale(sums: list[jax.Array], leaves: list[Any],
+                axis_name: Hashable | None) -> jax.Array:
+  """Element-weighted mean of s over all leaves, as float32.
+
+  With ``axis_name`` the sums and sizes of every shard along that mapped
+  axis are added up first, so that model-parallel shards agree on the mean.
+  """
   size = sum(int(np.prod(x.shape)) for x in leaves)
-  if size == 0:
+  total = sum(sums) if sums else jnp.zeros((), jnp.float32)
+  if axis_name is not None:
+    total, size = jax.lax.psum((total, jnp.float32(size)), axis_name)
+  elif size == 0:
     return jnp.ones((), jnp.float32)
-  return (sum(sums) / size).astype(jnp.float32)
+  return jnp.where(size > 0, total / jnp.maximum(size, 1), 1.0).astype(
+      jnp.float32)
 
 
-# ------------------------------------------------- fused CPU kernels
-
-# Layout of the coefficient vector of the CPU kernels (csrc/cprop_cpu.cc).
-_COEFFICIENTS = (
-    "beta", "one_minus_beta", "inv_bias_correction", "inv_dof", "se_eps",
-    "c", "cdf_a", "cdf_b", "b1", "one_minus_b1", "inv_bias_correction1",
-    "b2", "one_minus_b2", "inv_bias_correction2", "adam_eps",
-    "neg_learning_rate", "weight_decay")
-_CDF_CODES = {"normal": 0, "bft": 1, "bfo": 2, "logistic": 3}
+# ------------------------------------------------- one leaf's update
 
 
 class _AdamScalars(NamedTuple):
@@ -337,44 +341,6 @@ class _AdamScalars(NamedTuple):
   eps: jax.Array
   learning_rate: jax.Array
   weight_decay: jax.Array
-
-
-def _pack_coefficients(k: _Constants,
-                       adam: _AdamScalars | None = None) -> jax.Array:
-  """The float32 vector the kernels read: CProp's then Adam's scalars."""
-  zero = jnp.zeros((), jnp.float32)
-  values = [k.beta, k.one_minus_beta, k.inv_bias_correction, k.inv_dof,
-            k.eps, k.c, k.cdf_a, k.cdf_b]
-  if adam is None:  # the wrapper's kernel reads only CProp's scalars
-    values += [zero] * (len(_COEFFICIENTS) - len(values))
-  else:
-    values += [adam.k1.beta, adam.k1.one_minus_beta,
-               adam.k1.inv_bias_correction, adam.k2.beta,
-               adam.k2.one_minus_beta, adam.k2.inv_bias_correction,
-               adam.eps, -adam.learning_rate, adam.weight_decay]
-  return jnp.stack([jnp.asarray(x, jnp.float32) for x in values])
-
-
-def _unpack_coefficients(
-    coefficients: jax.Array) -> tuple[_Constants, _AdamScalars]:
-  c = dict(zip(_COEFFICIENTS, coefficients, strict=True))
-  zero, one = jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32)
-
-  def constants(beta, one_minus_beta, inv_bias_correction, inv_dof=zero,
-                eps=zero, scale=zero, cdf_a=zero, cdf_b=zero):
-    return _Constants(beta=beta, one_minus_beta=one_minus_beta,
-                      inv_bias_correction=inv_bias_correction,
-                      inv_dof=inv_dof, eps=eps, c=scale, zero=zero, one=one,
-                      cdf_a=cdf_a, cdf_b=cdf_b)
-
-  k = constants(c["beta"], c["one_minus_beta"], c["inv_bias_correction"],
-                c["inv_dof"], c["se_eps"], c["c"], c["cdf_a"], c["cdf_b"])
-  adam = _AdamScalars(
-      k1=constants(c["b1"], c["one_minus_b1"], c["inv_bias_correction1"]),
-      k2=constants(c["b2"], c["one_minus_b2"], c["inv_bias_correction2"]),
-      eps=c["adam_eps"], learning_rate=-c["neg_learning_rate"],
-      weight_decay=c["weight_decay"])
-  return k, adam
 
 
 def _adam_leaf(d, mu, nu, m, v, k: _Constants, adam: _AdamScalars,
@@ -408,84 +374,6 @@ def _wrapper_leaf(g, u, m_prev, v_prev, k: _Constants, cdf: str):
   return scaled, m, v, _ScaleSumInputs(conformity, k, g, m_prev, v_prev)
 
 
-def _runtime_unit(coefficients: jax.Array) -> jax.Array:
-  return coefficients[_COEFFICIENTS.index("inv_bias_correction")] > 0
-
-
-def _adam_kernel_reference(g, p, mu, nu, m, v, coefficients, *, cdf: str,
-                           decay: bool, own_v: bool):
-  """What the fused kernel computes; ``p``/``v`` are empty when unused."""
-  k, adam = _unpack_coefficients(coefficients)
-  d = g + adam.weight_decay * p if decay else g
-  u, mu, nu, m, new_v, sum_inputs = _adam_leaf(
-      d, mu, nu, m, v if own_v else None, k, adam, cdf)
-  scale_sum = _scale_sum(sum_inputs, _runtime_unit(coefficients), cdf)
-  return u, mu, nu, m, new_v if own_v else v, scale_sum
-
-
-def _wrapper_kernel_reference(g, u, m, v, coefficients, *, cdf: str):
-  """What the wrapper's kernel computes."""
-  k, _ = _unpack_coefficients(coefficients)
-  u, m, v, sum_inputs = _wrapper_leaf(g, u, m, v, k, cdf)
-  return u, m, v, _scale_sum(sum_inputs, _runtime_unit(coefficients), cdf)
-
-
-def _self_test_operands(size: int, seed: int) -> list[np.ndarray]:
-  rng = np.random.default_rng(seed)
-  g, p, mu, m = (rng.normal(size=size).astype(np.float32) for _ in range(4))
-  nu, v = (np.abs(rng.normal(size=size)).astype(np.float32)
-           for _ in range(2))
-  g[:4] = (0.0, np.inf, -np.inf, np.nan)  # zero and non-finite gradients
-  return [g, p, mu, nu, m, v]
-
-
-def _self_test_coefficients(cdf: str, weight_decay: float) -> np.ndarray:
-  count = jnp.asarray(3, jnp.int32)
-  k = _constants(count, 0.9, 1.5, 1e-8, cdf, jnp.float32)
-  adam = _AdamScalars(
-      k1=_constants(count, 0.8, 0.0, 0.0, cdf, jnp.float32),
-      k2=_constants(count, 0.99, 0.0, 0.0, cdf, jnp.float32),
-      eps=jnp.float32(1e-8), learning_rate=jnp.float32(0.01),
-      weight_decay=jnp.float32(weight_decay))
-  return np.asarray(_pack_coefficients(k, adam))
-
-
-def _self_test_adam(kernel: _cpu_kernels.LeafKernel) -> bool:
-  g, p, mu, nu, m, v = _self_test_operands(40_000, seed=0)
-  empty = np.zeros((0,), np.float32)
-  cases = [  # tanh and erf CDFs; every optional operand on, then off
-      ("bft", True, True, [g, p, mu, nu, m, v]),
-      ("normal", False, False, [g, empty, mu, nu, m, empty]),
-  ]
-  return all(
-      _cpu_kernels.close(
-          kernel, [*arrays, _self_test_coefficients(cdf, 0.01)],
-          {"cdf": cdf, "decay": decay, "own_v": own_v})
-      for cdf, decay, own_v, arrays in cases)
-
-
-def _self_test_wrapper(kernel: _cpu_kernels.LeafKernel) -> bool:
-  g, u, m, _, _, v = _self_test_operands(40_000, seed=1)
-  return all(
-      _cpu_kernels.close(kernel, [g, u, m, v,
-                                  _self_test_coefficients(cdf, 0.0)],
-                         {"cdf": cdf})
-      for cdf in ("bft", "normal"))
-
-
-_ADAM_KERNEL = _cpu_kernels.LeafKernel(
-    "cprop_adam_leaf", "OptaxAdaptiveCPropAdam", _adam_kernel_reference,
-    aliases=lambda own_v, **_: {2: 1, 3: 2, 4: 3} | ({5: 4} if own_v else {}),
-    attributes=lambda cdf, **_: {"cdf": np.int32(_CDF_CODES[cdf])},
-    self_test=_self_test_adam)
-
-_WRAPPER_KERNEL = _cpu_kernels.LeafKernel(
-    "cprop_scale_leaf", "OptaxAdaptiveCPropScale", _wrapper_kernel_reference,
-    aliases=lambda **_: {1: 0, 2: 1, 3: 2},
-    attributes=lambda cdf: {"cdf": np.int32(_CDF_CODES[cdf])},
-    self_test=_self_test_wrapper)
-
-
 class _ConstantsCache:
   """One :class:`_Constants` per statistics dtype of a tree."""
 
@@ -510,6 +398,7 @@ def cprop(
     eps: jax.typing.ArrayLike = 1e-8,
     cdf: str = "bft",
     track_mean_scale: bool = True,
+    axis_name: Hashable | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scales the updates of ``inner`` by the conformity of past gradients.
 
@@ -556,15 +445,13 @@ def cprop(
     cdf: ``"bft"`` (default, Bowling et al.'s two-term logistic approximation
       of the normal CDF), ``"normal"`` (exact, via ``erf``), ``"bfo"``
       (one-term) or ``"logistic"``.
+    axis_name: mapped axis (``pmap``/``shard_map``) over which the params
+      are sharded model-parallel: ``mean_scale`` then averages over every
+      shard. Without it each shard's ``mean_scale`` is the mean over its own
+      part of the params (the update itself is per entry and needs no axis).
     track_mean_scale: keep ``state.mean_scale`` up to date (a reduction over
       all parameters every step). ``False`` sets the field to None and saves
-      that reduction. The fused CPU kernels (float32 leaves, see
-      docs/cprop.md) add up the scale in their loop at no measurable cost; on
-      XLA's loops the reduction is about a sixth to a quarter of the fused
-      ``cprop_adam`` update's time on a CPU
-      (``python -m benchmarks.cprop_breakdown``), and on a GPU, where the
-      update is one kernel either way, it takes a large leaf's fused update
-      from 1.5x to 1.33x of Adam's.
+      that reduction (its cost per backend: docs/results.md).
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs` with state
@@ -616,28 +503,11 @@ def cprop(
     count = optax.safe_int32_increment(state.count)
     constants = _ConstantsCache(count, beta, c, eps, cdf)
     unit = count > 0  # a runtime True, see _scale_sum
-    kernel_coefficients = functools.cache(
-        lambda: _pack_coefficients(constants(jnp.float32)))
-
-    # Constants are made before platform_dependent traces its branches:
-    # cached inside one branch, they would leak into the other's trace.
-    def xla_leaf(g, u, m_prev, v_prev, k, coefficients):
-      del coefficients
-      scaled, m, v, sum_inputs = _wrapper_leaf(
-          g.astype(m_prev.dtype), u, m_prev, v_prev, k, cdf)
-      return scaled, m, v, _scale_sum(sum_inputs, unit, cdf)
-
-    def kernel_leaf(g, u, m_prev, v_prev, k, coefficients):
-      del k
-      return _WRAPPER_KERNEL(g, u, m_prev, v_prev, coefficients, cdf=cdf)
-
     def leaf(g, u, m_prev, v_prev):
-      k = constants(m_prev.dtype)
-      if not _cpu_kernels.usable(_WRAPPER_KERNEL, g, u, m_prev, v_prev):
-        return xla_leaf(g, u, m_prev, v_prev, k, None)
-      return jax.lax.platform_dependent(
-          g, u, m_prev, v_prev, k, kernel_coefficients(), cpu=kernel_leaf,
-          default=xla_leaf)
+      scaled, m, v, sum_inputs = _wrapper_leaf(
+          g.astype(m_prev.dtype), u, m_prev, v_prev, constants(m_prev.dtype),
+          cdf)
+      return scaled, m, v, _scale_sum(sum_inputs, unit, cdf)
 
     treedef = jax.tree.structure(updates)
     out = [leaf(*args) for args in zip(
@@ -650,7 +520,8 @@ def cprop(
         m=treedef.unflatten(m),
         v=treedef.unflatten(v),
         inner_state=inner_state,
-        mean_scale=_mean_scale(sums, m) if track_mean_scale else None,
+        mean_scale=(_mean_scale(sums, m, axis_name) if track_mean_scale
+                    else None),
     )
     return treedef.unflatten(new_updates), new_state
 
@@ -671,6 +542,7 @@ def cprop_sgd(
     eps: jax.typing.ArrayLike = 1e-8,
     cdf: str = "bft",
     track_mean_scale: bool = True,
+    axis_name: Hashable | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SGD (with optional momentum and L2 decay) scaled by CProp.
 
@@ -706,6 +578,7 @@ def cprop_sgd(
     eps: CProp's epsilon, see :func:`cprop`.
     cdf: CProp's CDF, see :func:`cprop`.
     track_mean_scale: keep ``state.mean_scale``, see :func:`cprop`.
+    axis_name: model-parallel axis of ``mean_scale``, see :func:`cprop`.
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs` with state
@@ -740,14 +613,7 @@ def cprop_sgd(
                 nesterov=nesterov),
   )
   return cprop(inner, beta=beta, c=c, eps=eps, cdf=cdf,
-               track_mean_scale=track_mean_scale)
-
-
-def _shares_second_moment(b2: Any, beta: Any) -> bool:
-  """Static decision of §5.5: share ν as v only for equal concrete numbers."""
-  return (_common.is_concrete_number(b2)
-          and _common.is_concrete_number(beta)
-          and float(b2) == float(beta))
+               track_mean_scale=track_mean_scale, axis_name=axis_name)
 
 
 def cprop_adam(
@@ -757,11 +623,12 @@ def cprop_adam(
     eps: jax.typing.ArrayLike = 1e-8,
     weight_decay: jax.typing.ArrayLike = 0.0,
     *,
-    beta: jax.typing.ArrayLike = 0.999,
+    beta: jax.typing.ArrayLike | None = None,
     c: jax.typing.ArrayLike = 1.0,
     cprop_eps: jax.typing.ArrayLike = 1e-8,
     cdf: str = "bft",
     track_mean_scale: bool = True,
+    axis_name: Hashable | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam scaled by CProp, fused so that both share the second moment.
 
@@ -777,18 +644,15 @@ def cprop_adam(
       \frac{\mu_t / (1 - b_1^t)}{\sqrt{\nu_t / (1 - b_2^t)} + \epsilon}
 
   where :math:`s_t` is the CProp scale of :func:`cprop` computed from
-  :math:`d_t` with decay ``beta``. When ``b2 == beta`` (the default) CProp's
-  second moment *is* :math:`\nu_t`, so the state holds 3 slots per parameter
-  (μ, ν, CProp's m) instead of the 4 of
-  ``cprop(optax.adam(...))``; otherwise it holds 4 and matches
-  ``optax.chain(optax.add_decayed_weights(weight_decay),
+  :math:`d_t`. With ``beta=None`` (the default) CProp's decay is ``b2`` and
+  its second moment *is* :math:`\nu_t`, so the state holds 3 slots per
+  parameter (μ, ν, CProp's m) instead of the 4 of ``cprop(optax.adam(...))``.
+  An explicit ``beta`` gives CProp its own second moment (4 slots), and the
+  update matches ``optax.chain(optax.add_decayed_weights(weight_decay),
   cprop(optax.adam(learning_rate, b1, b2, eps), beta, c, cprop_eps, cdf))``
-  to float rounding. All slots are float32 for bfloat16/float16 params.
-
-  Sharing is decided once, from concrete Python numbers. Under
-  :func:`optax.inject_hyperparams`, ``b2`` and ``beta`` arrive traced and
-  the state then holds 4 slots; ``static_args=("b2", "beta")`` keeps the
-  3-slot layout.
+  to float rounding. The layout depends only on whether ``beta`` is given,
+  so it is the same under :func:`optax.inject_hyperparams`. All slots are
+  float32 for bfloat16/float16 params.
 
   Args:
     learning_rate: a fixed learning rate or a schedule of the step count.
@@ -796,12 +660,14 @@ def cprop_adam(
     b2: Adam's second-moment decay.
     eps: Adam's epsilon (added to the root of the second moment).
     weight_decay: L2 coefficient λ added to the gradient first.
-    beta: CProp's EMA decay, see :func:`cprop`.
+    beta: CProp's EMA decay, see :func:`cprop`; None (the default) uses
+      ``b2`` and shares Adam's second moment.
     c: CProp's overconfidence coefficient, see :func:`cprop`.
     cprop_eps: CProp's epsilon (``eps`` of :func:`cprop`); fp16 training
       wants a larger value than Adam's, e.g. 1e-5.
     cdf: CProp's CDF, see :func:`cprop`.
     track_mean_scale: keep ``state.mean_scale``, see :func:`cprop`.
+    axis_name: model-parallel axis of ``mean_scale``, see :func:`cprop`.
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs` with state
@@ -829,14 +695,16 @@ def cprop_adam(
     Kingma & Ba, `Adam: A Method for Stochastic Optimization
     <https://arxiv.org/abs/1412.6980>`_, 2014.
   """
-  _check_cprop_hyperparams(beta, c, cprop_eps, "cprop_eps", cdf)
+  share = beta is None
+  _check_cprop_hyperparams(b2 if share else beta, c, cprop_eps, "cprop_eps",
+                           cdf)
   for name, value in (("b1", b1), ("b2", b2)):
     _common.check_range(name, value, lower=0.0, upper=1.0,
                         upper_inclusive=False)
   _common.check_range("learning_rate", learning_rate, lower=0.0)
   _common.check_range("eps", eps, lower=0.0)
   _common.check_range("weight_decay", weight_decay, lower=0.0)
-  share = _shares_second_moment(b2, beta)
+  cprop_beta = b2 if share else beta
 
   def init_fn(params):
     _common.check_float_leaves(params, "cprop_adam")
@@ -861,7 +729,7 @@ def cprop_adam(
     step_size = _common.value_at(learning_rate, state.count)
     count = optax.safe_int32_increment(state.count)
     unit = count > 0  # a runtime True, see _scale_sum
-    cprop_constants = _ConstantsCache(count, beta, c, cprop_eps, cdf)
+    cprop_constants = _ConstantsCache(count, cprop_beta, c, cprop_eps, cdf)
     adam_constants = _ConstantsCache(count, b1, 0.0, 0.0, cdf)
     nu_constants = _ConstantsCache(count, b2, 0.0, 0.0, cdf)
 
@@ -872,37 +740,14 @@ def cprop_adam(
           learning_rate=jnp.asarray(step_size).astype(dtype),
           weight_decay=jnp.asarray(weight_decay).astype(dtype))
 
-    kernel_coefficients = functools.cache(lambda: _pack_coefficients(
-        cprop_constants(jnp.float32), adam_scalars(jnp.float32)))
-
-    # Constants are made before platform_dependent traces its branches:
-    # cached inside one branch, they would leak into the other's trace.
-    def xla_leaf(g, p, mu, nu, m, v, k, adam, coefficients):
-      del coefficients
+    def leaf(g, p, mu, nu, m, v):
+      k, adam = cprop_constants(mu.dtype), adam_scalars(mu.dtype)
       d = g.astype(mu.dtype)
       if p is not None:  # L2 term, seen by Adam and CProp (§1.4)
         d = d + adam.weight_decay * p.astype(mu.dtype)
       u, mu, nu, m, v, sum_inputs = _adam_leaf(d, mu, nu, m, v, k, adam, cdf)
       return (u.astype(g.dtype), mu, nu, m, v,
               _scale_sum(sum_inputs, unit, cdf))
-
-    def kernel_leaf(g, p, mu, nu, m, v, k, adam, coefficients):
-      del k, adam
-      empty = jnp.zeros((0,), jnp.float32)
-      u, mu, nu, m, new_v, total = _ADAM_KERNEL(
-          g, empty if p is None else p, mu, nu, m,
-          empty if v is None else v, coefficients, cdf=cdf,
-          decay=p is not None, own_v=v is not None)
-      return u, mu, nu, m, None if v is None else new_v, total
-
-    def leaf(g, p, mu, nu, m, v):
-      k, adam = cprop_constants(mu.dtype), adam_scalars(mu.dtype)
-      arrays = [x for x in (g, p, mu, nu, m, v) if x is not None]
-      if not _cpu_kernels.usable(_ADAM_KERNEL, *arrays):
-        return xla_leaf(g, p, mu, nu, m, v, k, adam, None)
-      return jax.lax.platform_dependent(
-          g, p, mu, nu, m, v, k, adam, kernel_coefficients(),
-          cpu=kernel_leaf, default=xla_leaf)
 
     treedef = jax.tree.structure(updates)
     flat = lambda tree: treedef.flatten_up_to(tree)
@@ -919,7 +764,8 @@ def cprop_adam(
         nu=treedef.unflatten(nu),
         m=treedef.unflatten(m),
         v=None if share else treedef.unflatten(v),
-        mean_scale=_mean_scale(sums, mu) if track_mean_scale else None,
+        mean_scale=(_mean_scale(sums, mu, axis_name) if track_mean_scale
+                    else None),
     )
     return treedef.unflatten(u), new_state
 

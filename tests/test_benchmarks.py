@@ -211,11 +211,6 @@ def test_cprop_passes_table_and_one_loop_adam_matches_optax():
             for row in table[2:]}
   assert set(passes) == set(cprop_passes.optimizers())
   # Whatever XLA fuses, CProp reads and writes its m on top of Adam.
-  xla = cprop_passes.XLA_LOOPS
   assert passes["optax.adam"] >= 6
-  assert passes["cprop_adam" + xla] >= passes["optax.adam"] + 2
-  assert passes["cprop(optax.adam)" + xla] >= passes["optax.adam"] + 4
-  if _cprop._ADAM_KERNEL.unavailable_reason is None:
-    # The fused kernel: g, μ, ν, m read once, the update, μ, ν, m written once.
-    assert passes["cprop_adam"] == 8
-    assert passes["cprop_adam, track_mean_scale=False"] == 8
+  assert passes["cprop_adam"] >= passes["optax.adam"] + 2
+  assert passes["cprop(optax.adam)"] >= passes["optax.adam"] + 4
