@@ -51,6 +51,8 @@ from optax_adaptive._autodrop import autodrop_v1
 
 # PAL (arXiv 1903.11991) and LABPAL (arXiv 2108.13880).
 from optax_adaptive._labpal import LabpalInfo
+from optax_adaptive._labpal import LabpalStatus
+from optax_adaptive._labpal import PalCase
 from optax_adaptive._labpal import PalInfo
 from optax_adaptive._labpal import ScaleByLabpalState
 from optax_adaptive._labpal import ScaleByPalState
@@ -75,7 +77,9 @@ __all__ = (
     "EVBMFResult",
     "KnowledgeGain",
     "LabpalInfo",
+    "LabpalStatus",
     "LayerGroup",
+    "PalCase",
     "PalInfo",
     "ScaleByLabpalState",
     "ScaleByPalState",

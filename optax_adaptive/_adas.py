@@ -336,9 +336,21 @@ def adas_layer_names(
 ) -> tuple[str, ...]:
   """Names of the conv layers, in the order of ``state.layer_lr``.
 
-  With ``params`` the names are derived from them; without, the names
-  recorded by the last ``init`` with the same ``layer_groups`` and layer count
-  are returned (pass ``params`` when two models share both).
+  Args:
+    state: an :class:`AdasState` (of :func:`adas`'s ``init`` or ``update``).
+    params: the parameters the state was built for. The names are derived
+      from their paths and shapes. Without them, the names recorded by the
+      last ``init`` with the same ``layer_groups`` and layer count in this
+      Python process are returned: the record is process-global, so after
+      ``init`` of another model with as many conv layers it returns that
+      model's names. Pass ``params`` when two models may share both.
+
+  Returns:
+    One name per conv layer, e.g. ``"conv1"`` or ``"blocks/Conv_0[2]"`` for
+    the third layer of a stacked kernel.
+
+  Raises:
+    ValueError: without ``params`` when no ``init`` recorded the names.
   """
   if params is not None:
     return _build_layout(params, state.config.layer_groups).layer_names
@@ -531,8 +543,9 @@ def adas(
   :math:`\eta_0`.
 
   Epoch ends happen either inside ``update`` every ``steps_per_epoch`` steps
-  (the SVDs run only on those steps, under ``lax.cond``; ``update`` then
-  needs ``params``), or when the training loop calls
+  (the SVDs run only on those steps, in a zero-or-one-trip
+  :func:`jax.lax.while_loop`, so ``update`` is then not reverse-mode
+  differentiable and needs ``params``), or when the training loop calls
   :func:`adas_end_epoch` (``steps_per_epoch=None``, the default).
 
   Args:

@@ -41,8 +41,10 @@ class CPropState(NamedTuple):
   count: jax.typing.ArrayLike  # shape=(), dtype=jnp.int32
   m: optax.Updates  # EMA of raw gradients; float32, or float64 for f64 params
   v: optax.Updates  # EMA of squared raw gradients; same dtype as ``m``
-  inner_state: optax.OptState
-  # shape=(), dtype=jnp.float32; None with track_mean_scale=False
+  inner_state: optax.OptState  # the state of ``inner``
+  # shape=(), dtype=jnp.float32: the mean of the scale s over all parameter
+  # entries after the last update (1 before the first); None with
+  # track_mean_scale=False
   mean_scale: jax.typing.ArrayLike | None
 
 
@@ -54,7 +56,9 @@ class CPropAdamState(NamedTuple):
   nu: optax.Updates  # Adam's second moment (decay b2), stats dtype
   m: optax.Updates  # CProp's first moment (decay beta), stats dtype
   v: optax.Updates | None  # CProp's second moment; None when it is ``nu``
-  # shape=(), dtype=jnp.float32; None with track_mean_scale=False
+  # shape=(), dtype=jnp.float32: the mean of the scale s over all parameter
+  # entries after the last update (1 before the first); None with
+  # track_mean_scale=False
   mean_scale: jax.typing.ArrayLike | None
 
 

@@ -29,6 +29,7 @@ Section numbers (``§``) refer to the package's ``labpal.md`` specification.
 
 from __future__ import annotations
 
+import enum
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -136,11 +137,32 @@ def _check_axis_name(axis_name: Any) -> None:
 
 # ======================================================================= PAL
 
-# Values of ``PalInfo.case`` (spec §2.7, §7.2).
-PAL_CASE_MINIMUM = 0  # a > 0, b < 0: step to the parabola's minimum.
-PAL_CASE_CONCAVE = 1  # a <= 0, b < 0: stay at the measured point mu.
-PAL_CASE_NOT_DESCENT = 2  # b >= 0: no step.
-PAL_CASE_NOT_FINITE = 3  # a or b is NaN/Inf: no step.
+class PalCase(enum.IntEnum):
+  r"""Values of ``PalInfo.case``: which branch of PAL's step rule ran.
+
+  :math:`a` and :math:`b` are the curvature and slope of the parabola
+  :math:`p(t) = a t^2 + b t + \ell(0)` fitted along the unit direction
+  (Mutschler & Zell 2020, arXiv:1903.11991). The state stores the int32
+  value; members compare equal to it, and ``PalCase(int(case)).name`` names
+  it. Every step is capped at ``max_step``.
+  """
+
+  #: Step :math:`\alpha` times the distance to the minimum
+  #: (:math:`a > 0,\ b < 0`).
+  MINIMUM = 0
+  #: Step :math:`\mu` (:math:`a \le 0,\ b < 0`, concave or linear).
+  CONCAVE = 1
+  #: No step (:math:`b \ge 0`, not a descent direction).
+  NOT_DESCENT = 2
+  #: No step (:math:`a` or :math:`b` is NaN or infinite).
+  NOT_FINITE = 3
+
+
+# The names used by the code below and by the tests.
+PAL_CASE_MINIMUM = PalCase.MINIMUM
+PAL_CASE_CONCAVE = PalCase.CONCAVE
+PAL_CASE_NOT_DESCENT = PalCase.NOT_DESCENT
+PAL_CASE_NOT_FINITE = PalCase.NOT_FINITE
 
 
 class PalInfo(NamedTuple):
@@ -149,7 +171,7 @@ class PalInfo(NamedTuple):
   value_mu: jax.Array  # shape=(), loss at params + mu * u_hat.
   curvature: jax.Array  # shape=(), a in p(t) = a t^2 + b t + value.
   slope: jax.Array  # shape=(), b = <grad, u_hat>.
-  case: jax.Array  # shape=(), dtype=jnp.int32, one of PAL_CASE_*.
+  case: jax.Array  # shape=(), dtype=jnp.int32, a ``PalCase`` value.
   fit_failed: jax.Array  # shape=(), dtype=jnp.bool_, case != minimum.
 
 
@@ -158,7 +180,7 @@ class ScaleByPalState(NamedTuple):
 
   pal_learning_rate: jax.Array  # shape=(), s / ||u||, applied to `updates`.
   pal_step_length: jax.Array  # shape=(), s, distance moved in param space.
-  info: PalInfo
+  info: PalInfo  # the last parabola and its ``case``.
 
 
 def _pal_step(
@@ -431,11 +453,28 @@ def pal(
 
 # ==================================================================== LABPAL
 
-# Values of ``LabpalInfo.status``.
-LABPAL_STATUS_NONE = 0  # no measurement yet.
-LABPAL_STATUS_OK = 1  # parabola accepted, estimate updated.
-LABPAL_STATUS_FIT_FAILED = 2  # fit rejected; moved with the old estimate.
-LABPAL_STATUS_RETRY = 3  # no usable estimate or direction; measure again.
+class LabpalStatus(enum.IntEnum):
+  """Values of ``LabpalInfo.status``: the outcome of the last measurement.
+
+  The state stores the int32 value; members compare equal to it, and
+  ``LabpalStatus(int(status)).name`` names it.
+  """
+
+  #: No measurement yet.
+  NONE = 0
+  #: Parabola accepted; the estimates were updated.
+  OK = 1
+  #: Fit rejected; the step moved with the old estimate.
+  FIT_FAILED = 2
+  #: No usable estimate or direction; no move, measure again next call.
+  RETRY = 3
+
+
+# The names used by the code below.
+LABPAL_STATUS_NONE = LabpalStatus.NONE
+LABPAL_STATUS_OK = LabpalStatus.OK
+LABPAL_STATUS_FIT_FAILED = LabpalStatus.FIT_FAILED
+LABPAL_STATUS_RETRY = LabpalStatus.RETRY
 
 _MODES = ("nsgd", "sgd")
 _FITS = ("reference", "exact")
@@ -450,7 +489,7 @@ class LabpalInfo(NamedTuple):
   curvature: jax.Array  # shape=(), a of the fit (a_ref = A/2 if reference).
   slope: jax.Array  # shape=(), b of the fit (b_ref = B + A h if reference).
   raw_step: jax.Array  # shape=(), alpha * min(s_fit, max_step), floored.
-  status: jax.Array  # shape=(), dtype=jnp.int32, one of LABPAL_STATUS_*.
+  status: jax.Array  # shape=(), dtype=jnp.int32, a ``LabpalStatus``.
   fit_failed: jax.Array  # shape=(), dtype=jnp.bool_
 
 
@@ -468,7 +507,7 @@ class ScaleByLabpalState(NamedTuple):
   hist_count: jax.Array  # shape=(), dtype=jnp.int32, valid ring entries.
   hist_index: jax.Array  # shape=(), dtype=jnp.int32, next ring slot.
   momentum: optax.Updates | None  # like params (stats dtype) or None.
-  info: LabpalInfo
+  info: LabpalInfo  # the last measurement and its ``status``.
 
 
 class _Fit(NamedTuple):
@@ -979,7 +1018,7 @@ def labpal(
   the :math:`k` gradients yourself). Its state exposes
   ``labpal_step_length`` (:math:`\bar s`), ``labpal_learning_rate``
   (:math:`\bar\lambda`) and ``info`` (the last measurement's losses,
-  coefficients, raw step and ``status``, one of ``LABPAL_STATUS_*``).
+  coefficients, raw step and ``status``, a :class:`LabpalStatus`).
 
   Args:
     mode: ``"nsgd"`` (reuse the step length, default) or ``"sgd"``.

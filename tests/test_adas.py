@@ -430,6 +430,28 @@ def test_epoch_ends_only_every_steps_per_epoch():
   assert epochs == [0, 0, 1, 1, 1, 2, 2]
 
 
+@pytest.mark.slow  # two compilations of the epoch end (about 10 s)
+@pytest.mark.parametrize("steps_per_epoch, epochs", [(3, [0, 0, 0]),
+                                                      (1, [1, 2, 3])])
+def test_epoch_ends_after_the_step_count_saturates(steps_per_epoch, epochs):
+  """As adas.md says: the count stops at 2**31 - 1 (a prime), so epoch ends
+  stop unless ``steps_per_epoch`` is 1."""
+  params = {"conv": {"kernel": _low_rank_kernel(jax.random.key(5),
+                                                (3, 3, 4, 8))}}
+  tx = adas(steps_per_epoch=steps_per_epoch)
+  state = tx.init(params)
+  state = state._replace(count=jnp.asarray(np.iinfo(np.int32).max - 1,
+                                           jnp.int32))
+  update = jax.jit(tx.update)
+  grads = jax.tree.map(jnp.zeros_like, params)
+  seen = []
+  for _ in range(3):
+    _, state = update(grads, state, params)
+    seen.append(int(state.epoch))
+  assert int(state.count) == np.iinfo(np.int32).max
+  assert seen == epochs
+
+
 @pytest.mark.slow
 def test_in_update_epoch_end_under_vmap_is_per_lane():
   params = {"conv": {"kernel": _low_rank_kernel(jax.random.key(5),

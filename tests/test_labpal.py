@@ -15,6 +15,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+import optax_adaptive
 from optax_adaptive._flax_utils import nnx_value_fn
 from optax_adaptive._labpal import (
     LABPAL_STATUS_FIT_FAILED,
@@ -658,3 +659,14 @@ def test_scale_by_labpal_is_labpal():
   params = jnp.array([1.0, 2.0])
   assert jax.tree.map(jax.typeof, a.init(params)) == jax.tree.map(
       jax.typeof, b.init(params))
+
+
+def test_status_is_a_value_of_the_public_enum():
+  """``info.status`` is an int32 that ``optax_adaptive.LabpalStatus`` names."""
+  status = optax_adaptive.LabpalStatus
+  assert [(s.name, int(s)) for s in status] == [
+      ("NONE", 0), ("OK", 1), ("FIT_FAILED", 2), ("RETRY", 3)]
+  assert LABPAL_STATUS_RETRY is status.RETRY
+  state = labpal().init(jnp.zeros(2))
+  assert state.info.status.dtype == jnp.int32
+  assert status(int(state.info.status)) is status.NONE

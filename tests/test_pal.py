@@ -493,3 +493,14 @@ def test_docstring_examples(module, monkeypatch):
   result = doctest.testmod(module, verbose=False)
   assert result.attempted > 0
   assert result.failed == 0
+
+
+def test_case_is_a_value_of_the_public_enum():
+  """``info.case`` is an int32 that ``optax_adaptive.PalCase`` names."""
+  assert [(case.name, int(case)) for case in optax_adaptive.PalCase] == [
+      ("MINIMUM", 0), ("CONCAVE", 1), ("NOT_DESCENT", 2), ("NOT_FINITE", 3)]
+  assert PAL_CASE_NOT_DESCENT is optax_adaptive.PalCase.NOT_DESCENT
+  _, state = _one_step(pal(momentum=0.0), _square, jnp.array([0.0]))
+  assert state.info.case.dtype == jnp.int32
+  assert state.info.case == optax_adaptive.PalCase.NOT_DESCENT
+  assert optax_adaptive.PalCase(int(state.info.case)).name == "NOT_DESCENT"

@@ -15,7 +15,8 @@
 """Sphinx extension: document NamedTuple fields from their source comments.
 
 optax_adaptive writes the layout of every state field as a trailing comment,
-``count: jax.Array  # shape=(), dtype=jnp.int32``. autodoc ignores such
+``count: jax.Array  # shape=(), dtype=jnp.int32``, or, where that line would
+be too long, as comment lines just above the field. autodoc ignores such
 comments and would print "Alias for field number 0" instead, so this
 extension turns them into ``:param <field>: <comment>`` lines of the class
 docstring (sphinx-autodoc-typehints then adds the annotated type).
@@ -26,7 +27,8 @@ from __future__ import annotations
 import inspect
 import re
 
-_FIELD = re.compile(r"^\s+(\w+)\s*:\s*[^#=]+?(?:=[^#]+?)?\s*#\s*(.+?)\s*$")
+_FIELD = re.compile(r"^\s+(\w+)\s*:\s*[^#=]+?(?:=[^#]+?)?\s*(?:#\s*(.+?))?\s*$")
+_COMMENT = re.compile(r"^\s+#\s*(.+?)\s*$")
 
 
 def is_namedtuple_class(obj) -> bool:
@@ -41,10 +43,17 @@ def field_comments(cls) -> dict[str, str]:
   except (OSError, TypeError):
     return {}
   comments: dict[str, str] = {}
+  above: list[str] = []  # comment lines since the last field
   for line in source.splitlines()[1:]:
+    if comment := _COMMENT.match(line):
+      above.append(comment.group(1))
+      continue
     match = _FIELD.match(line)
     if match and match.group(1) in cls._fields:
-      comments.setdefault(match.group(1), match.group(2))
+      text = " ".join([*above, match.group(2) or ""]).strip()
+      if text:
+        comments.setdefault(match.group(1), text)
+    above = []
   return comments
 
 
