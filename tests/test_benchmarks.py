@@ -141,6 +141,27 @@ def test_overhead_table_prints_the_ratio_spread():
   assert "| 2.00x (1.90-2.10) | ≤ 2.50x | yes |" in table
 
 
+def test_overhead_check_fails_only_beyond_its_margin(monkeypatch, capsys):
+  from benchmarks import overhead
+
+  def row(ratio, target):
+    return {"method": "m", "case": f"r{ratio}", "time_ms": ratio,
+            "base": "b", "base_ms": 1.0, "ratio": ratio, "target": target}
+
+  within = [row(2.4, 2.0), row(9.0, None), row(1.0, 1.1)]
+  assert overhead.check_failures(within) == []
+  failures = overhead.check_failures([*within, row(4.3, 2.0)])
+  assert len(failures) == 1 and "4.30x > 1.25 x target 2.00x" in failures[0]
+
+  rows = {"fast": [row(1.9, 2.0)], "regressed": [row(4.3, 2.0)]}
+  monkeypatch.setattr(overhead, "available_methods", lambda: ["cprop"])
+  for name, expected_status in (("fast", 0), ("regressed", 1)):
+    monkeypatch.setattr(overhead, "collect",
+                        lambda *a, name=name, **k: rows[name])
+    assert overhead.main(["--methods", "cprop", "--check"]) == expected_status
+  assert "CHECK FAILED: m, r4.3" in capsys.readouterr().out
+
+
 def test_cprop_breakdown_variants_run_and_tanh_swap_is_rounding_only():
   params = {"w": jnp.linspace(-1.0, 1.0, 64).reshape(8, 8)}
   updates = {}
