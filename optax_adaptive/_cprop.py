@@ -699,12 +699,12 @@ def cprop_adam(
     Kingma & Ba, `Adam: A Method for Stochastic Optimization
     <https://arxiv.org/abs/1412.6980>`_, 2014.
   """
-  share = beta is None
-  _check_cprop_hyperparams(b2 if share else beta, c, cprop_eps, "cprop_eps",
-                           cdf)
   for name, value in (("b1", b1), ("b2", b2)):
     _common.check_range(name, value, lower=0.0, upper=1.0,
                         upper_inclusive=False)
+  share = beta is None
+  _check_cprop_hyperparams(b2 if share else beta, c, cprop_eps, "cprop_eps",
+                           cdf)
   _common.check_range("learning_rate", learning_rate, lower=0.0)
   _common.check_range("eps", eps, lower=0.0)
   _common.check_range("weight_decay", weight_decay, lower=0.0)
