@@ -98,20 +98,22 @@ class AdasState(NamedTuple):
   """State of :func:`adas`; small fields are replicated.
 
   ``n`` below is the number of conv layers (a stacked kernel counts once per
-  stacked layer), in the order of :func:`adas_layer_names`.
+  stacked layer), in the order of :func:`adas_layer_names`. A model without
+  conv layers has ``None`` in the eight per-layer fields rather than arrays
+  of size 0, which checkpointers such as orbax's refuse.
   """
 
   count: jax.Array  # shape=(), dtype=jnp.int32; optimizer steps
   epoch: jax.Array  # shape=(), dtype=jnp.int32; epoch ends performed
-  layer_lr: jax.Array  # shape=(n,), float; rate of each conv layer, §1.6
+  layer_lr: jax.Array | None  # shape=(n,), float; rate of each conv layer
   fc_lr: jax.Array  # shape=(), float; the fully connected rate R_fc
-  gain: jax.Array  # shape=(n,), float; layer score G-bar of last epoch
-  input_gain: jax.Array  # shape=(n,), float; G_3
-  output_gain: jax.Array  # shape=(n,), float; G_4
-  input_condition: jax.Array  # shape=(n,), float; kappa_3
-  output_condition: jax.Array  # shape=(n,), float; kappa_4
-  input_rank: jax.Array  # shape=(n,), dtype=jnp.int32
-  output_rank: jax.Array  # shape=(n,), dtype=jnp.int32
+  gain: jax.Array | None  # shape=(n,), float; G-bar of the last epoch
+  input_gain: jax.Array | None  # shape=(n,), float; G_3
+  output_gain: jax.Array | None  # shape=(n,), float; G_4
+  input_condition: jax.Array | None  # shape=(n,), float; kappa_3
+  output_condition: jax.Array | None  # shape=(n,), float; kappa_4
+  input_rank: jax.Array | None  # shape=(n,), dtype=jnp.int32
+  output_rank: jax.Array | None  # shape=(n,), dtype=jnp.int32
   ready: jax.Array  # shape=(n + 1,), bool; gain seen non-zero (fc last)
   init_lr: jax.Array  # shape=(), float; eta_0 (refreshed by `update`)
   beta: jax.Array  # shape=(), float
@@ -342,13 +344,31 @@ def adas_layer_names(
   """
   if params is not None:
     return _build_layout(params, state.config.layer_groups).layer_names
-  key = (state.config.layer_groups, state.layer_lr.shape[0])
+  key = (state.config.layer_groups, _n_layers(state))
   if key not in _NAMES_AT_INIT:
     raise ValueError("adas_layer_names: pass `params` (no init recorded).")
   return _NAMES_AT_INIT[key]
 
 
 # ------------------------------------------------------------- epoch end
+
+# The fields of AdasState with one entry per conv layer.
+_PER_LAYER = ("layer_lr", "gain", "input_gain", "output_gain",
+              "input_condition", "output_condition", "input_rank",
+              "output_rank")
+
+
+def _n_layers(state: AdasState) -> int:
+  return 0 if state.layer_lr is None else state.layer_lr.shape[0]
+
+
+def _per_layer_zeros(n: int, fdt: jnp.dtype, *,
+                     none_if_empty: bool = True) -> dict[str, Any]:
+  """The per-layer fields, zeros; None when ``n == 0`` (for the state)."""
+  if not n and none_if_empty:
+    return dict.fromkeys(_PER_LAYER)
+  return {name: jnp.zeros((n,), jnp.int32 if name.endswith("rank") else fdt)
+          for name in _PER_LAYER}
 
 
 def _replicated(x: jax.Array) -> jax.Array:
@@ -377,17 +397,20 @@ def _measure(layout: _Layout, config: _Config,
 def _end_epoch(state: AdasState, params) -> AdasState:
   """Epoch-end update: measure the gains, then set the rates."""
   layout = _build_layout(params, state.config.layer_groups)
-  if layout.n_layers != state.layer_lr.shape[0]:
+  if layout.n_layers != _n_layers(state):
     raise ValueError(
         f"adas: `params` has {layout.n_layers} conv layers; the state was"
-        f" built for {state.layer_lr.shape[0]}.")
+        f" built for {_n_layers(state)}.")
   kg = _measure(layout, state.config, params) if layout.n_layers else None
   return _update_rates(state, kg)
 
 
 def _update_rates(state: AdasState, kg) -> AdasState:
   """The rate recurrence of §1.6 (with the §1.7 flags and §1.10 fallback)."""
-  fdt = state.layer_lr.dtype
+  fdt = state.fc_lr.dtype
+  no_layers = state.layer_lr is None
+  if no_layers:  # computed with empty vectors, stored as None
+    state = state._replace(**_per_layer_zeros(0, fdt, none_if_empty=False))
   first = state.epoch == 0
   if kg is not None:
     # §1.10: a non-finite measurement keeps the previous value.
@@ -418,12 +441,15 @@ def _update_rates(state: AdasState, kg) -> AdasState:
   if state.config.hold_lr_while_zero_gain:  # §1.7 [1.1.3]: hold eta_0
     new_rate = jnp.where(ready, new_rate, state.init_lr)
   new_rate = new_rate.astype(fdt)
-  return state._replace(
+  state = state._replace(
       epoch=optax.safe_int32_increment(state.epoch),
       layer_lr=new_rate[:-1], fc_lr=new_rate[-1], gain=gain.astype(fdt),
       input_gain=g3, output_gain=g4, input_condition=k3,
       output_condition=k4, input_rank=r3.astype(jnp.int32),
       output_rank=r4.astype(jnp.int32), ready=ready)
+  if no_layers:
+    state = state._replace(**dict.fromkeys(_PER_LAYER))
+  return state
 
 
 def adas_end_epoch(state: Any, params: optax.Params) -> Any:
@@ -612,18 +638,15 @@ def adas(
     fdt = _common.widest_float_dtype(params)
     n = layout.n_layers
     scalar = lambda v: jnp.asarray(v, fdt)
+    per_layer = _per_layer_zeros(n, fdt)
+    if n:
+      per_layer["layer_lr"] = jnp.full((n,), learning_rate, fdt)
     return AdasState(
         count=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32),
-        layer_lr=jnp.full((n,), learning_rate, fdt),
-        fc_lr=scalar(learning_rate), gain=jnp.zeros((n,), fdt),
-        input_gain=jnp.zeros((n,), fdt), output_gain=jnp.zeros((n,), fdt),
-        input_condition=jnp.zeros((n,), fdt),
-        output_condition=jnp.zeros((n,), fdt),
-        input_rank=jnp.zeros((n,), jnp.int32),
-        output_rank=jnp.zeros((n,), jnp.int32),
-        ready=jnp.zeros((n + 1,), bool), init_lr=scalar(learning_rate),
-        beta=scalar(beta), zeta=scalar(zeta), min_lr=scalar(min_lr),
-        trace=_common.stats_zeros_like(params), config=config)
+        fc_lr=scalar(learning_rate), ready=jnp.zeros((n + 1,), bool),
+        init_lr=scalar(learning_rate), beta=scalar(beta), zeta=scalar(zeta),
+        min_lr=scalar(min_lr), trace=_common.stats_zeros_like(params),
+        config=config, **per_layer)
 
   def update_fn(updates, state, params=None, **extra_args):
     # Complies with the signature of GradientTransformationExtraArgs but
@@ -632,7 +655,7 @@ def adas(
     if needs_params:
       _common.require_params(params, "adas")
     layout = _build_layout(updates, state.config.layer_groups)
-    fdt = state.layer_lr.dtype
+    fdt = state.fc_lr.dtype
     state = state._replace(
         init_lr=jnp.asarray(learning_rate, fdt), beta=jnp.asarray(beta, fdt),
         zeta=jnp.asarray(zeta, fdt), min_lr=jnp.asarray(min_lr, fdt))
