@@ -699,13 +699,21 @@ def adas(
 class AdasEarlyStopState(NamedTuple):
   """State of :func:`adas_early_stop` (§1.9)."""
 
-  best_loss: jax.Array  # shape=(), dtype=jnp.float32; +inf at start
+  best_loss: jax.Array  # shape=(); +inf at start; float64 under x64
   wait: jax.Array  # shape=(), dtype=jnp.int32; epochs without improvement
 
 
-def adas_early_stop_init() -> AdasEarlyStopState:
-  """A fresh early-stop state: ``best_loss = inf``, ``wait = 0``."""
-  return AdasEarlyStopState(jnp.full((), jnp.inf, jnp.float32),
+def adas_early_stop_init(dtype: Any = None) -> AdasEarlyStopState:
+  """A fresh early-stop state: ``best_loss = inf``, ``wait = 0``.
+
+  Args:
+    dtype: dtype of ``best_loss``; by default jax's default float (float64
+      under ``jax_enable_x64``, float32 otherwise), at least float32.
+  """
+  if dtype is None:
+    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+  dtype = jnp.promote_types(dtype, jnp.float32)
+  return AdasEarlyStopState(jnp.full((), jnp.inf, dtype),
                             jnp.zeros((), jnp.int32))
 
 
@@ -727,8 +735,11 @@ def adas_early_stop(
     \text{stop} = (w \ge \text{patience}).
 
   Args:
-    mean_loss: the epoch's mean training loss (scalar).
-    state: the previous :class:`AdasEarlyStopState`, or ``None`` to start.
+    mean_loss: the epoch's mean training loss (scalar). The comparison runs
+      in its dtype or the state's, whichever is wider (float64 for a Python
+      float under ``jax_enable_x64``).
+    state: the previous :class:`AdasEarlyStopState`, or ``None`` to start
+      one in the loss's dtype (at least float32).
     threshold: absolute improvement :math:`\varepsilon`; negative disables
       stopping.
     patience: epochs without improvement before stopping.
@@ -745,11 +756,18 @@ def adas_early_stop(
   """
   _common.check_count("patience", patience, lower=1)
   _common.check_number_type("threshold", threshold)
+  loss = jnp.asarray(mean_loss)
+  if not jnp.issubdtype(loss.dtype, jnp.floating):
+    loss = loss.astype(jnp.float32)
   if state is None:
-    state = adas_early_stop_init()
-  loss = jnp.asarray(mean_loss, jnp.float32)
-  improved = loss - state.best_loss < -threshold
-  best = jnp.where(improved, loss, state.best_loss)
+    state = adas_early_stop_init(loss.dtype)
+  # Compared in the wider of the loss's and the state's dtypes (float64
+  # under x64: 0.999 - 1.0 < -1e-3 there, not in float32); stored in the
+  # state's, so that its type never changes.
+  dtype = jnp.promote_types(loss.dtype, state.best_loss.dtype)
+  loss, best = loss.astype(dtype), state.best_loss.astype(dtype)
+  improved = loss - best < -jnp.asarray(threshold, dtype)
+  best = jnp.where(improved, loss, best).astype(state.best_loss.dtype)
   wait = jnp.where(improved, 0, state.wait + 1).astype(jnp.int32)
   stop = (wait >= patience) & (jnp.asarray(threshold) >= 0)
   return AdasEarlyStopState(best, wait), stop

@@ -102,6 +102,44 @@ def test_lr_during_epochs_and_sgd_semantics():
   assert int(state.epoch) == 3 and int(state.count) == 6
 
 
+def test_float64_rates_and_steps_match_numpy_float64(x64):
+  """Float64 params: the rates, their recurrence and the SGD steps in f64."""
+  del x64
+  params = {"conv": {"kernel": jnp.full((3, 3, 2, 2), 0.5)},
+            "head": {"kernel": jnp.full((2, 3), -0.25)}}
+  tx = adas(learning_rate=0.03, beta=0.8, momentum=0.9, weight_decay=0.01)
+  state = tx.init(params)
+  for field in ("layer_lr", "fc_lr", "gain", "init_lr", "beta", "zeta",
+                "min_lr"):
+    assert getattr(state, field).dtype == jnp.float64, field
+  # §1.6 with G3 = G4 = g, from NumPy float64.
+  rate, previous = 0.0, None
+  for epoch, g in enumerate(T7_GAINS):
+    g64 = jnp.asarray([g], jnp.float64)
+    zero = jnp.zeros((1,), jnp.int32)
+    state = _adas._update_rates(
+        state, _spectral.KnowledgeGain(g64, g64, g64, g64, zero, zero, g64))
+    delta = 0.03 if epoch == 0 else g - previous
+    rate = max(0.8 * (rate if epoch else 0.0) + 1.0 * delta, 1e-20)
+    previous = g
+    np.testing.assert_allclose(float(state.layer_lr[0]), rate, rtol=1e-15)
+    np.testing.assert_allclose(float(state.fc_lr), rate, rtol=1e-15)
+  # b ← μ b + (g + λ θ), θ ← θ - R b, in NumPy float64.
+  theta = {k: np.asarray(v["kernel"]) for k, v in params.items()}
+  trace = {k: np.zeros_like(v) for k, v in theta.items()}
+  lr = {"conv": float(state.layer_lr[0]), "head": float(state.fc_lr)}
+  for step in range(3):
+    grads = jax.tree.map(lambda p: jnp.cos(p) * (step + 1), params)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    for k in theta:
+      g = np.cos(theta[k]) * (step + 1)
+      trace[k] = 0.9 * trace[k] + (g + 0.01 * theta[k])
+      theta[k] = theta[k] - lr[k] * trace[k]
+      assert params[k]["kernel"].dtype == jnp.float64
+      np.testing.assert_allclose(params[k]["kernel"], theta[k], rtol=1e-15)
+
+
 # ------------------------------------------------------- §7 T8 early stop
 
 
@@ -123,6 +161,52 @@ def test_early_stop_disabled_by_negative_threshold():
   for _ in range(3):
     state, stop = adas_early_stop(1.0, state, threshold=-1.0, patience=1)
   assert not bool(stop)
+
+
+def _numpy_early_stop(losses, threshold, patience):
+  """§1.9 in NumPy float64: (best, wait, stop) after each epoch."""
+  best, wait, out = np.inf, 0, []
+  for loss in np.asarray(losses, np.float64):
+    if loss - best < -threshold:
+      best, wait = loss, 0
+    else:
+      wait += 1
+    out.append((best, wait, wait >= patience))
+  return out
+
+
+def test_early_stop_float64_matches_numpy_float64(x64):
+  """Under x64 the best loss is float64: 0.999 after 1.0 improves by 1e-3.
+
+  In float32, 0.999 - 1.0 = -0.00099999 is no improvement of 1e-3.
+  """
+  del x64
+  losses = [1.0, 0.999, 0.998, 0.9975, 0.9965, 0.9965000001, 0.9955]
+  expected = _numpy_early_stop(losses, 1e-3, 2)
+  for init in (None, _adas.adas_early_stop_init()):
+    state = init
+    for loss, (best, wait, stop) in zip(losses, expected):
+      state, stopped = adas_early_stop(loss, state, threshold=1e-3,
+                                       patience=2)
+      assert state.best_loss.dtype == jnp.float64
+      assert (float(state.best_loss), int(state.wait), bool(stopped)) == (
+          best, wait, stop)
+  assert [w for _, w, _ in expected] == [0, 0, 0, 1, 0, 1, 0]
+
+
+def test_early_stop_state_dtype_is_stable_under_jit():
+  """A float16 loss keeps a float32 state; jit compiles once."""
+  state = _adas.adas_early_stop_init()
+  assert state.best_loss.dtype == jnp.float32
+  step = jax.jit(lambda loss, s: adas_early_stop(loss, s, patience=3))
+  losses = [jnp.float16(loss) for loss in (2.0, 1.5, 1.4)]
+  with _utils.log_compilations() as compilations:
+    for loss in losses:
+      state, _ = step(loss, state)
+  assert state.best_loss.dtype == jnp.float32
+  assert len(compilations) == 1, compilations
+  fresh, _ = adas_early_stop(jnp.bfloat16(1.0))
+  assert fresh.best_loss.dtype == jnp.float32
 
 
 # ------------------------------------------------------------ layer groups
