@@ -563,7 +563,14 @@ def adas(
 
   Args:
     learning_rate: initial rate :math:`\eta_0`, a number (not a schedule:
-      AdaS is the schedule).
+      AdaS is the schedule). Injected with
+      :func:`optax.inject_hyperparams` and changed mid-run, it is still only
+      :math:`\eta_0`: it changes the rate of the leaves in no group and the
+      :math:`\Delta(0)` of an epoch 0 not yet ended, never the conv and fc
+      rates in force, which are ``state.layer_lr`` and ``state.fc_lr``
+      (also in :func:`optax_adaptive.diagnostics`). To scale every rate,
+      chain ``optax.inject_hyperparams(optax.scale)(step_size=1.0)`` after
+      ``adas`` and change ``step_size``.
     beta: gain factor :math:`\beta \in [0, 1)`.
     zeta: scale :math:`\zeta` of the knowledge-gain increment.
     min_lr: lower clip :math:`\eta_{\min}` of every rate (``0.0`` for the

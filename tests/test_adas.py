@@ -527,6 +527,33 @@ def test_in_update_epoch_end_under_vmap_is_per_lane():
   assert states.epoch.tolist() == [0, 1]
 
 
+def test_injected_learning_rate_changed_mid_run_is_only_eta0():
+  """As documented: the conv and fc rates in force ignore it; the leaves in
+  no group train at it."""
+  params = {"conv": {"kernel": jnp.ones((3, 3, 2, 4)) * 0.1},
+            "head": {"kernel": jnp.ones((4, 2)) * 0.1}, "emb": jnp.ones(3)}
+  assert adas_layer_groups(params)["emb"] == "init"
+  grads = jax.tree.map(jnp.ones_like, params)
+  runs = []
+  for changed in (False, True):
+    tx = optax.inject_hyperparams(adas)(learning_rate=0.1, steps_per_epoch=2)
+    state, history, update = tx.init(params), [], jax.jit(tx.update)
+    for step in range(6):
+      if changed and step == 3:  # after the first epoch end
+        state.hyperparams["learning_rate"] = jnp.asarray(1e-3)
+      updates, state = update(grads, state, params)
+      history.append((updates, state.inner_state.layer_lr,
+                      state.inner_state.fc_lr))
+    runs.append(history)
+  for step, (plain, changed) in enumerate(zip(*runs)):
+    (u0, lr0, fc0), (u1, lr1, fc1) = plain, changed
+    _utils.assert_trees_all_equal((u1["conv"], u1["head"], lr1, fc1),
+                                  (u0["conv"], u0["head"], lr0, fc0))
+    emb_rate = 1e-3 if step >= 3 else 0.1
+    np.testing.assert_allclose(-u1["emb"], emb_rate * np.asarray(
+        -u0["emb"]) / 0.1, rtol=1e-6)
+
+
 def test_adas_end_epoch_inside_chain_and_inject_hyperparams():
   params = {"conv": {"kernel": _low_rank_kernel(jax.random.key(6),
                                                 (3, 3, 4, 8))}}
