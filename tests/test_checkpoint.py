@@ -20,7 +20,6 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -205,42 +204,8 @@ def test_linen_train_state_round_trip(tmp_path):
 # ------------------------------------------- every method, any model kind
 
 
-def _mlp():
-  rng = np.random.default_rng(0)
-  params = {"Dense_0": {"kernel": rng.normal(size=(4, 8)) / 2,
-                        "bias": np.zeros(8)},
-            "Dense_1": {"kernel": rng.normal(size=(8, 2)) / 3,
-                        "bias": np.zeros(2)}}
-  params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
-  x = jnp.asarray(rng.normal(size=(16, 4)), jnp.float32)
-
-  def objective(p):
-    h = jnp.tanh(x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
-    return jnp.mean((h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]) ** 2)
-
-  return params, objective
-
-
-def _cnn():
-  rng = np.random.default_rng(0)
-  params = {"Conv_0": {"kernel": rng.normal(size=(3, 3, 2, 4)) / 4,
-                       "bias": np.zeros(4)},
-            "Dense_0": {"kernel": rng.normal(size=(4, 2)) / 2,
-                        "bias": np.zeros(2)}}
-  params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
-  x = jnp.asarray(rng.normal(size=(8, 5, 5, 2)), jnp.float32)
-
-  def objective(p):
-    h = jax.lax.conv_general_dilated(
-        x, p["Conv_0"]["kernel"], (1, 1), "SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["Conv_0"]["bias"]
-    h = jnp.mean(jnp.tanh(h), axis=(1, 2))
-    return jnp.mean((h @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]) ** 2)
-
-  return params, objective
-
-
-@pytest.mark.parametrize("model", [_mlp, _cnn], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("model", [_utils.mlp_problem, _utils.cnn_problem],
+                         ids=["mlp", "cnn"])
 @pytest.mark.parametrize("case", C.CASES, ids=[c.name for c in C.CASES])
 def test_every_method_state_is_checkpointable(tmp_path, case, model):
   """orbax saves and restores every public factory's state, any model.
