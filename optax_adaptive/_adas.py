@@ -98,20 +98,22 @@ class AdasState(NamedTuple):
   """State of :func:`adas`; small fields are replicated.
 
   ``n`` below is the number of conv layers (a stacked kernel counts once per
-  stacked layer), in the order of :func:`adas_layer_names`.
+  stacked layer), in the order of :func:`adas_layer_names`. A model without
+  conv layers has ``None`` in the eight per-layer fields rather than arrays
+  of size 0, which checkpointers such as orbax's refuse.
   """
 
   count: jax.Array  # shape=(), dtype=jnp.int32; optimizer steps
   epoch: jax.Array  # shape=(), dtype=jnp.int32; epoch ends performed
-  layer_lr: jax.Array  # shape=(n,), float; rate of each conv layer, §1.6
+  layer_lr: jax.Array | None  # shape=(n,), float; rate of each conv layer
   fc_lr: jax.Array  # shape=(), float; the fully connected rate R_fc
-  gain: jax.Array  # shape=(n,), float; layer score G-bar of last epoch
-  input_gain: jax.Array  # shape=(n,), float; G_3
-  output_gain: jax.Array  # shape=(n,), float; G_4
-  input_condition: jax.Array  # shape=(n,), float; kappa_3
-  output_condition: jax.Array  # shape=(n,), float; kappa_4
-  input_rank: jax.Array  # shape=(n,), dtype=jnp.int32
-  output_rank: jax.Array  # shape=(n,), dtype=jnp.int32
+  gain: jax.Array | None  # shape=(n,), float; G-bar of the last epoch
+  input_gain: jax.Array | None  # shape=(n,), float; G_3
+  output_gain: jax.Array | None  # shape=(n,), float; G_4
+  input_condition: jax.Array | None  # shape=(n,), float; kappa_3
+  output_condition: jax.Array | None  # shape=(n,), float; kappa_4
+  input_rank: jax.Array | None  # shape=(n,), dtype=jnp.int32
+  output_rank: jax.Array | None  # shape=(n,), dtype=jnp.int32
   ready: jax.Array  # shape=(n + 1,), bool; gain seen non-zero (fc last)
   init_lr: jax.Array  # shape=(), float; eta_0 (refreshed by `update`)
   beta: jax.Array  # shape=(), float
@@ -354,13 +356,31 @@ def adas_layer_names(
   """
   if params is not None:
     return _build_layout(params, state.config.layer_groups).layer_names
-  key = (state.config.layer_groups, state.layer_lr.shape[0])
+  key = (state.config.layer_groups, _n_layers(state))
   if key not in _NAMES_AT_INIT:
     raise ValueError("adas_layer_names: pass `params` (no init recorded).")
   return _NAMES_AT_INIT[key]
 
 
 # ------------------------------------------------------------- epoch end
+
+# The fields of AdasState with one entry per conv layer.
+_PER_LAYER = ("layer_lr", "gain", "input_gain", "output_gain",
+              "input_condition", "output_condition", "input_rank",
+              "output_rank")
+
+
+def _n_layers(state: AdasState) -> int:
+  return 0 if state.layer_lr is None else state.layer_lr.shape[0]
+
+
+def _per_layer_zeros(n: int, fdt: jnp.dtype, *,
+                     none_if_empty: bool = True) -> dict[str, Any]:
+  """The per-layer fields, zeros; None when ``n == 0`` (for the state)."""
+  if not n and none_if_empty:
+    return dict.fromkeys(_PER_LAYER)
+  return {name: jnp.zeros((n,), jnp.int32 if name.endswith("rank") else fdt)
+          for name in _PER_LAYER}
 
 
 def _replicated(x: jax.Array) -> jax.Array:
@@ -389,17 +409,20 @@ def _measure(layout: _Layout, config: _Config,
 def _end_epoch(state: AdasState, params) -> AdasState:
   """Epoch-end update: measure the gains, then set the rates."""
   layout = _build_layout(params, state.config.layer_groups)
-  if layout.n_layers != state.layer_lr.shape[0]:
+  if layout.n_layers != _n_layers(state):
     raise ValueError(
         f"adas: `params` has {layout.n_layers} conv layers; the state was"
-        f" built for {state.layer_lr.shape[0]}.")
+        f" built for {_n_layers(state)}.")
   kg = _measure(layout, state.config, params) if layout.n_layers else None
   return _update_rates(state, kg)
 
 
 def _update_rates(state: AdasState, kg) -> AdasState:
   """The rate recurrence of §1.6 (with the §1.7 flags and §1.10 fallback)."""
-  fdt = state.layer_lr.dtype
+  fdt = state.fc_lr.dtype
+  no_layers = state.layer_lr is None
+  if no_layers:  # computed with empty vectors, stored as None
+    state = state._replace(**_per_layer_zeros(0, fdt, none_if_empty=False))
   first = state.epoch == 0
   if kg is not None:
     # §1.10: a non-finite measurement keeps the previous value.
@@ -430,12 +453,15 @@ def _update_rates(state: AdasState, kg) -> AdasState:
   if state.config.hold_lr_while_zero_gain:  # §1.7 [1.1.3]: hold eta_0
     new_rate = jnp.where(ready, new_rate, state.init_lr)
   new_rate = new_rate.astype(fdt)
-  return state._replace(
+  state = state._replace(
       epoch=optax.safe_int32_increment(state.epoch),
       layer_lr=new_rate[:-1], fc_lr=new_rate[-1], gain=gain.astype(fdt),
       input_gain=g3, output_gain=g4, input_condition=k3,
       output_condition=k4, input_rank=r3.astype(jnp.int32),
       output_rank=r4.astype(jnp.int32), ready=ready)
+  if no_layers:
+    state = state._replace(**dict.fromkeys(_PER_LAYER))
+  return state
 
 
 def adas_end_epoch(state: Any, params: optax.Params) -> Any:
@@ -550,7 +576,14 @@ def adas(
 
   Args:
     learning_rate: initial rate :math:`\eta_0`, a number (not a schedule:
-      AdaS is the schedule).
+      AdaS is the schedule). Injected with
+      :func:`optax.inject_hyperparams` and changed mid-run, it is still only
+      :math:`\eta_0`: it changes the rate of the leaves in no group and the
+      :math:`\Delta(0)` of an epoch 0 not yet ended, never the conv and fc
+      rates in force, which are ``state.layer_lr`` and ``state.fc_lr``
+      (also in :func:`optax_adaptive.diagnostics`). To scale every rate,
+      chain ``optax.inject_hyperparams(optax.scale)(step_size=1.0)`` after
+      ``adas`` and change ``step_size``.
     beta: gain factor :math:`\beta \in [0, 1)`.
     zeta: scale :math:`\zeta` of the knowledge-gain increment.
     min_lr: lower clip :math:`\eta_{\min}` of every rate (``0.0`` for the
@@ -625,18 +658,15 @@ def adas(
     fdt = _common.widest_float_dtype(params)
     n = layout.n_layers
     scalar = lambda v: jnp.asarray(v, fdt)
+    per_layer = _per_layer_zeros(n, fdt)
+    if n:
+      per_layer["layer_lr"] = jnp.full((n,), learning_rate, fdt)
     return AdasState(
         count=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32),
-        layer_lr=jnp.full((n,), learning_rate, fdt),
-        fc_lr=scalar(learning_rate), gain=jnp.zeros((n,), fdt),
-        input_gain=jnp.zeros((n,), fdt), output_gain=jnp.zeros((n,), fdt),
-        input_condition=jnp.zeros((n,), fdt),
-        output_condition=jnp.zeros((n,), fdt),
-        input_rank=jnp.zeros((n,), jnp.int32),
-        output_rank=jnp.zeros((n,), jnp.int32),
-        ready=jnp.zeros((n + 1,), bool), init_lr=scalar(learning_rate),
-        beta=scalar(beta), zeta=scalar(zeta), min_lr=scalar(min_lr),
-        trace=_common.stats_zeros_like(params), config=config)
+        fc_lr=scalar(learning_rate), ready=jnp.zeros((n + 1,), bool),
+        init_lr=scalar(learning_rate), beta=scalar(beta), zeta=scalar(zeta),
+        min_lr=scalar(min_lr), trace=_common.stats_zeros_like(params),
+        config=config, **per_layer)
 
   def update_fn(updates, state, params=None, **extra_args):
     # Complies with the signature of GradientTransformationExtraArgs but
@@ -645,7 +675,7 @@ def adas(
     if needs_params:
       _common.require_params(params, "adas")
     layout = _build_layout(updates, state.config.layer_groups)
-    fdt = state.layer_lr.dtype
+    fdt = state.fc_lr.dtype
     state = state._replace(
         init_lr=jnp.asarray(learning_rate, fdt), beta=jnp.asarray(beta, fdt),
         zeta=jnp.asarray(zeta, fdt), min_lr=jnp.asarray(min_lr, fdt))
@@ -689,13 +719,21 @@ def adas(
 class AdasEarlyStopState(NamedTuple):
   """State of :func:`adas_early_stop` (§1.9)."""
 
-  best_loss: jax.Array  # shape=(), dtype=jnp.float32; +inf at start
+  best_loss: jax.Array  # shape=(); +inf at start; float64 under x64
   wait: jax.Array  # shape=(), dtype=jnp.int32; epochs without improvement
 
 
-def adas_early_stop_init() -> AdasEarlyStopState:
-  """A fresh early-stop state: ``best_loss = inf``, ``wait = 0``."""
-  return AdasEarlyStopState(jnp.full((), jnp.inf, jnp.float32),
+def adas_early_stop_init(dtype: Any = None) -> AdasEarlyStopState:
+  """A fresh early-stop state: ``best_loss = inf``, ``wait = 0``.
+
+  Args:
+    dtype: dtype of ``best_loss``; by default jax's default float (float64
+      under ``jax_enable_x64``, float32 otherwise), at least float32.
+  """
+  if dtype is None:
+    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+  dtype = jnp.promote_types(dtype, jnp.float32)
+  return AdasEarlyStopState(jnp.full((), jnp.inf, dtype),
                             jnp.zeros((), jnp.int32))
 
 
@@ -717,8 +755,11 @@ def adas_early_stop(
     \text{stop} = (w \ge \text{patience}).
 
   Args:
-    mean_loss: the epoch's mean training loss (scalar).
-    state: the previous :class:`AdasEarlyStopState`, or ``None`` to start.
+    mean_loss: the epoch's mean training loss (scalar). The comparison runs
+      in its dtype or the state's, whichever is wider (float64 for a Python
+      float under ``jax_enable_x64``).
+    state: the previous :class:`AdasEarlyStopState`, or ``None`` to start
+      one in the loss's dtype (at least float32).
     threshold: absolute improvement :math:`\varepsilon`; negative disables
       stopping.
     patience: epochs without improvement before stopping.
@@ -735,11 +776,18 @@ def adas_early_stop(
   """
   _common.check_count("patience", patience, lower=1)
   _common.check_number_type("threshold", threshold)
+  loss = jnp.asarray(mean_loss)
+  if not jnp.issubdtype(loss.dtype, jnp.floating):
+    loss = loss.astype(jnp.float32)
   if state is None:
-    state = adas_early_stop_init()
-  loss = jnp.asarray(mean_loss, jnp.float32)
-  improved = loss - state.best_loss < -threshold
-  best = jnp.where(improved, loss, state.best_loss)
+    state = adas_early_stop_init(loss.dtype)
+  # Compared in the wider of the loss's and the state's dtypes (float64
+  # under x64: 0.999 - 1.0 < -1e-3 there, not in float32); stored in the
+  # state's, so that its type never changes.
+  dtype = jnp.promote_types(loss.dtype, state.best_loss.dtype)
+  loss, best = loss.astype(dtype), state.best_loss.astype(dtype)
+  improved = loss - best < -jnp.asarray(threshold, dtype)
+  best = jnp.where(improved, loss, best).astype(state.best_loss.dtype)
   wait = jnp.where(improved, 0, state.wait + 1).astype(jnp.int32)
   stop = (wait >= patience) & (jnp.asarray(threshold) >= 0)
   return AdasEarlyStopState(best, wait), stop

@@ -61,11 +61,12 @@ def _state_zeros_like(params: optax.Params, state_dtype: Any) -> optax.Params:
   return jax.tree.map(lambda x: jnp.zeros_like(x, dtype=state_dtype), params)
 
 
-def _sq_norm_dtype(params: optax.Params, state_dtype: Any) -> jnp.dtype:
-  """The dtype of |s|², as summed over the buffers (float64 for float64 ones).
+def _scalar_dtype(params: optax.Params, state_dtype: Any) -> jnp.dtype:
+  """The dtype of the scalar state: float64 for float64 buffers, else f32.
 
-  A float32 |s|² of float64 buffers would overflow for |s| > 1.8e19 and
-  round the angle's cosine to float32.
+  |s|², the angles, the smoothed angle, θ and the scale λ. A float32 |s|²
+  of float64 buffers would overflow for |s| > 1.8e19 and round the angle's
+  cosine to float32; a float32 λ would round ρ = 0.2 to 0.20000000298.
   """
   if state_dtype is None:
     return _common.widest_float_dtype(params)
@@ -112,7 +113,7 @@ def angular_velocity_degrees(
   """
   denom = jnp.sqrt(sq_norm_a) * jnp.sqrt(sq_norm_b) + eps
   cosine = jnp.clip(_common.safe_divide(dot, denom, 0.0), -1.0, 1.0)
-  return jnp.degrees(jnp.arccos(cosine)).astype(jnp.float32)
+  return jnp.degrees(jnp.arccos(cosine))
 
 
 def smooth_buffer(
@@ -157,13 +158,14 @@ class AutoDropState(NamedTuple):
   mean_offset: optax.Updates  # params-shaped f32 (or ()): x_last - y_i
   prev_mean: optax.Params  # params-shaped f32: y_{i-1}
   prev_displacement: optax.Updates  # params-shaped f32: s_{i-1}
-  prev_sq_norm: jax.Array  # shape=(), float32 (float64 buffers: float64)
-  omega_buffer: jax.Array  # shape=(buffer_size,), dtype=jnp.float32
+  # The floating scalars below are float32, float64 for float64 buffers.
+  prev_sq_norm: jax.Array  # shape=()
+  omega_buffer: jax.Array  # shape=(buffer_size,)
   buffer_len: jax.Array  # shape=(), dtype=jnp.int32
-  smoothed_omega: jax.Array  # shape=(), dtype=jnp.float32; last C
+  smoothed_omega: jax.Array  # shape=(); last C
   has_smoothed: jax.Array  # shape=(), dtype=jnp.bool_
-  last_omega: jax.Array  # shape=(), dtype=jnp.float32; degrees
-  lr_scale: jax.Array  # shape=(), dtype=jnp.float32; λ
+  last_omega: jax.Array  # shape=(); degrees
+  lr_scale: jax.Array  # shape=(); λ
   n_drops: jax.Array  # shape=(), dtype=jnp.int32
 
 
@@ -249,7 +251,8 @@ def autodrop(
       parameters of each window instead (2 params-sized buffers, not 3).
     eps: :math:`\epsilon` added to the product of the norms.
     state_dtype: dtype of the params-shaped buffers; None keeps float32
-      (float64 for float64 params).
+      (float64 for float64 params). Scalars such as the scale are float64
+      for float64 buffers, else float32.
     axis_name: Mapped axis (``pmap``/``shard_map``) over which the params are
       split model-parallel; the three dot products are ``psum``-ed over it.
       Leave None for data-parallel training with reduced gradients.
@@ -303,19 +306,20 @@ def autodrop(
   def init_fn(params):
     _common.check_float_leaves(params, "autodrop")
     zeros = lambda: _state_zeros_like(params, state_dtype)
+    sdt = _scalar_dtype(params, state_dtype)
     return AutoDropState(
         window_step=jnp.zeros([], jnp.int32),
         n_means=jnp.zeros([], jnp.int32),
         mean_offset=zeros() if average_window else (),
         prev_mean=zeros(),
         prev_displacement=zeros(),
-        prev_sq_norm=jnp.zeros([], _sq_norm_dtype(params, state_dtype)),
-        omega_buffer=jnp.zeros([buffer_size], jnp.float32),
+        prev_sq_norm=jnp.zeros([], sdt),
+        omega_buffer=jnp.zeros([buffer_size], sdt),
         buffer_len=jnp.zeros([], jnp.int32),
-        smoothed_omega=jnp.zeros([], jnp.float32),
+        smoothed_omega=jnp.zeros([], sdt),
         has_smoothed=jnp.zeros([], jnp.bool_),
-        last_omega=jnp.zeros([], jnp.float32),
-        lr_scale=jnp.ones([], jnp.float32),
+        last_omega=jnp.zeros([], sdt),
+        lr_scale=jnp.ones([], sdt),
         n_drops=jnp.zeros([], jnp.int32),
     )
 
@@ -342,7 +346,7 @@ def autodrop(
         drop,
         jnp.maximum(drop_factor * det.lr_scale, min_scale),
         det.lr_scale,
-    ).astype(jnp.float32)
+    ).astype(det.lr_scale.dtype)
     buffer_len = jnp.where(
         drop, 0, jnp.where(smoothed, buffer_size - 1, buffer_len)
     ).astype(jnp.int32)  # pop the oldest; empty at a drop
@@ -355,9 +359,10 @@ def autodrop(
         omega_buffer=buffer,
         buffer_len=buffer_len,
         smoothed_omega=jnp.where(smoothed, c, det.smoothed_omega).astype(
-            jnp.float32),
+            det.smoothed_omega.dtype),
         has_smoothed=has_smoothed,
-        last_omega=jnp.where(valid, omega, det.last_omega),
+        last_omega=jnp.where(valid, omega, det.last_omega).astype(
+            det.last_omega.dtype),
         lr_scale=lr_scale,
         n_drops=jnp.where(drop, optax.safe_int32_increment(det.n_drops),
                           det.n_drops),
@@ -374,7 +379,10 @@ def autodrop(
     if average_window:
       # x_last - y_i = Σ_p (p + 1)/k · u_p over the window's first k-1 steps;
       # the offset restarts at the window's first step.
-      weight = jnp.where(is_end, 0.0, (step + 1) / window_size)
+      # (int32 / int is float32 even under x64: divide in the scalar dtype.)
+      weight = jnp.where(
+          is_end, 0.0,
+          (step + 1).astype(state.lr_scale.dtype) / window_size)
       restart = step == 0
       mean_offset = jax.tree.map(
           lambda o, u: jnp.where(restart, jnp.zeros_like(o), o)
@@ -426,14 +434,15 @@ class AutoDropV1State(NamedTuple):
   n_snapshots: jax.Array  # shape=(), dtype=jnp.int32; ≤ 3
   prev_snapshot: optax.Params  # params-shaped f32: x_{e-1}
   prev_displacement: optax.Updates  # params-shaped f32: s_{e-1}
-  prev_sq_norm: jax.Array  # shape=(), float32 (float64 buffers: float64)
+  # The floating scalars below are float32, float64 for float64 buffers.
+  prev_sq_norm: jax.Array  # shape=()
   weighted_sum: optax.Params  # params-shaped f32 (or ()): Σ j·x^(j)
-  prev_omega: jax.Array  # shape=(), dtype=jnp.float32; ω_{e-1}
-  last_omega: jax.Array  # shape=(), dtype=jnp.float32; degrees
-  theta: jax.Array  # shape=(), dtype=jnp.float32; θ in degrees
+  prev_omega: jax.Array  # shape=(); ω_{e-1}
+  last_omega: jax.Array  # shape=(); degrees
+  theta: jax.Array  # shape=(); θ in degrees
   enabled: jax.Array  # shape=(), dtype=jnp.bool_
   patience_count: jax.Array  # shape=(), dtype=jnp.int32
-  lr_scale: jax.Array  # shape=(), dtype=jnp.float32; λ
+  lr_scale: jax.Array  # shape=(); λ
   n_drops: jax.Array  # shape=(), dtype=jnp.int32
 
 
@@ -491,7 +500,8 @@ def autodrop_v1(
     auto_theta: Grow θ at each drop (the code's ``auto_theta``).
     eps: :math:`\epsilon` added to the product of the norms.
     state_dtype: dtype of the params-shaped buffers; None keeps float32
-      (float64 for float64 params).
+      (float64 for float64 params). Scalars such as the scale are float64
+      for float64 buffers, else float32.
     axis_name: Mapped axis over which params are split model-parallel (the
       dot products are ``psum``-ed over it), or None.
 
@@ -534,19 +544,20 @@ def autodrop_v1(
   def init_fn(params):
     _common.check_float_leaves(params, "autodrop_v1")
     zeros = lambda: _state_zeros_like(params, state_dtype)
+    sdt = _scalar_dtype(params, state_dtype)
     return AutoDropV1State(
         epoch_step=jnp.zeros([], jnp.int32),
         n_snapshots=jnp.zeros([], jnp.int32),
         prev_snapshot=zeros(),
         prev_displacement=zeros(),
-        prev_sq_norm=jnp.zeros([], _sq_norm_dtype(params, state_dtype)),
+        prev_sq_norm=jnp.zeros([], sdt),
         weighted_sum=zeros() if average_on_drop else (),
-        prev_omega=jnp.zeros([], jnp.float32),
-        last_omega=jnp.zeros([], jnp.float32),
-        theta=jnp.asarray(theta0, jnp.float32),
+        prev_omega=jnp.zeros([], sdt),
+        last_omega=jnp.zeros([], sdt),
+        theta=jnp.asarray(theta0, sdt),
         enabled=jnp.zeros([], jnp.bool_),
         patience_count=jnp.zeros([], jnp.int32),
-        lr_scale=jnp.ones([], jnp.float32),
+        lr_scale=jnp.ones([], sdt),
         n_drops=jnp.zeros([], jnp.int32),
     )
 
@@ -590,12 +601,14 @@ def autodrop_v1(
         prev_displacement=disp,
         prev_sq_norm=sq_norm.astype(state.prev_sq_norm.dtype),
         weighted_sum=weighted_sum,
-        prev_omega=jnp.where(has_omega, omega, state.prev_omega),
-        last_omega=jnp.where(has_omega, omega, state.last_omega),
-        theta=theta.astype(jnp.float32),
+        prev_omega=jnp.where(has_omega, omega, state.prev_omega).astype(
+            state.prev_omega.dtype),
+        last_omega=jnp.where(has_omega, omega, state.last_omega).astype(
+            state.last_omega.dtype),
+        theta=theta.astype(state.theta.dtype),
         enabled=enabled & ~drop,
         patience_count=jnp.where(drop, 0, count).astype(jnp.int32),
-        lr_scale=lr_scale.astype(jnp.float32),
+        lr_scale=lr_scale.astype(state.lr_scale.dtype),
         n_drops=jnp.where(drop, optax.safe_int32_increment(state.n_drops),
                           state.n_drops),
     )

@@ -183,9 +183,24 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
 
 
 def check_positive_int(name: str, value: Any, *, allow_none: bool = False):
-  """Raises ``TypeError``/``ValueError`` unless ``value`` is an int >= 1."""
+  """Raises ``TypeError``/``ValueError`` unless ``value`` is an int >= 1.
+
+  For counts that set an array shape in the state (LABPAL's ``avg_window``,
+  AutoDrop's ``buffer_size``): they must be Python ints, so an array, which
+  is what :func:`optax.inject_hyperparams` passes for every numeric argument
+  not in its ``static_args``, gets an error that names that fix.
+  """
   if value is None and allow_none:
     return
+  if isinstance(value, (jax.Array, np.ndarray)) or hasattr(
+      value, "__jax_array__"):
+    raise TypeError(
+        f"`{name}` sets the shape of an array in the optimizer state, so it"
+        f" must be a Python int and cannot be injected; got an array"
+        f" {value!r}. Under `optax.inject_hyperparams`, which passes every"
+        f" numeric argument as an array, declare it static:"
+        f" `optax.inject_hyperparams(factory, static_args=(\"{name}\",))`."
+    )
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
     raise TypeError(
         f"`{name}` must be a Python int >= 1"

@@ -32,10 +32,10 @@ import jax.numpy as jnp
 _PACKAGE = "optax_adaptive"
 
 # State type name -> (key prefix, monitored fields). Dotted names reach into
-# nested NamedTuples (``info.case``). A field missing from a state is skipped,
-# so optional slots (e.g. set to ``None``) cost nothing. States of the
-# package that are not listed here report their floating point fields of
-# rank <= 1 (see ``_default_fields``).
+# nested NamedTuples (``info.case``). A field missing from a state, or empty
+# (e.g. ``None``, as AdaS's per-layer fields without conv layers), is
+# skipped. States of the package that are not listed here report their
+# floating point fields of rank <= 1 (see ``_default_fields``).
 MONITORED_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "CPropState": ("cprop", ("mean_scale",)),
     "CPropAdamState": ("cprop", ("mean_scale",)),
@@ -59,8 +59,8 @@ MONITORED_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "AdasState": (
         "adas",
-        ("epoch", "layer_lr", "fc_lr", "gain", "input_gain", "output_gain",
-         "input_condition", "output_condition"),
+        ("epoch", "layer_lr", "fc_lr", "init_lr", "gain", "input_gain",
+         "output_gain", "input_condition", "output_condition"),
     ),
     "AdasEarlyStopState": ("adas_early_stop", ("best_loss", "wait")),
 }
@@ -210,22 +210,28 @@ def diagnostics(opt_state: Any) -> dict[str, jax.Array]:
                                ``info.case``
   ``labpal``                   ``labpal/labpal_learning_rate``,
                                ``labpal_step_length``, ``updates_done``,
-                               ``pending``, ``info.raw_step``,
+                               ``pending`` (0 or 1), ``info.raw_step``,
                                ``info.status``
   ``adas``                     ``adas/epoch``, ``layer_lr`` (per conv
                                layer, in the order of
                                ``adas_layer_names(state)``), ``fc_lr``,
-                               ``gain``, ``input_gain``, ``output_gain``,
-                               ``input_condition``, ``output_condition``
-                               (mapping conditions)
+                               ``init_lr`` (the rate of the other
+                               leaves), ``gain``, ``input_gain``,
+                               ``output_gain``, ``input_condition``,
+                               ``output_condition`` (mapping
+                               conditions); the per-layer keys only with
+                               conv layers
   ``adas_early_stop``          ``adas_early_stop/best_loss``, ``wait``
   ===========================  ============================================
 
   When a method appears more than once, its keys get an index suffix in
-  traversal order (``"cprop_0/mean_scale"``, ``"cprop_1/mean_scale"``). The
-  function only selects arrays: it is cheap, works under :func:`jax.jit`
-  and inside a train step, and its output can go straight to TensorBoard,
-  CLU's ``write_scalars`` (scalars) or ``print``.
+  traversal order (``"cprop_0/mean_scale"``, ``"cprop_1/mean_scale"``). Every
+  value is a non-empty integer or floating array (a boolean flag is given
+  as int32 0 or 1), so ``np.round(np.asarray(v), 4)``, ``float(v)`` for
+  scalars and any metric writer take it. The function only selects arrays:
+  it is cheap, works under :func:`jax.jit` and inside a train step, and its
+  output can go straight to TensorBoard, CLU's ``write_scalars`` (scalars)
+  or ``print``.
 
   Args:
     opt_state: the state returned by ``tx.init``/``tx.update``, or
@@ -254,6 +260,10 @@ def diagnostics(opt_state: Any) -> dict[str, jax.Array]:
       fields = _default_fields(state)
     for field in fields:
       value = _lookup(state, field)
-      if value is not None:
-        out[f"{prefix}/{field}"] = jnp.asarray(value)
+      if value is None or value.size == 0:
+        continue
+      value = jnp.asarray(value)
+      if value.dtype == jnp.bool_:
+        value = value.astype(jnp.int32)
+      out[f"{prefix}/{field}"] = value
   return out

@@ -7,6 +7,7 @@ import logging
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -79,3 +80,40 @@ class BatchNormNet(nnx.Module):
 
   def __call__(self, x):
     return self.lin2(nnx.relu(self.bn(self.lin1(x))))[:, 0]
+
+
+def mlp_problem():
+  """Params of a 2-layer MLP (linen names) and a loss of them alone."""
+  rng = np.random.default_rng(0)
+  params = {"Dense_0": {"kernel": rng.normal(size=(4, 8)) / 2,
+                        "bias": np.zeros(8)},
+            "Dense_1": {"kernel": rng.normal(size=(8, 2)) / 3,
+                        "bias": np.zeros(2)}}
+  params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+  x = jnp.asarray(rng.normal(size=(16, 4)), jnp.float32)
+
+  def objective(p):
+    h = jnp.tanh(x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
+    return jnp.mean((h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]) ** 2)
+
+  return params, objective
+
+
+def cnn_problem():
+  """Params of a conv + dense model (linen names) and a loss of them alone."""
+  rng = np.random.default_rng(0)
+  params = {"Conv_0": {"kernel": rng.normal(size=(3, 3, 2, 4)) / 4,
+                       "bias": np.zeros(4)},
+            "Dense_0": {"kernel": rng.normal(size=(4, 2)) / 2,
+                        "bias": np.zeros(2)}}
+  params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+  x = jnp.asarray(rng.normal(size=(8, 5, 5, 2)), jnp.float32)
+
+  def objective(p):
+    h = jax.lax.conv_general_dilated(
+        x, p["Conv_0"]["kernel"], (1, 1), "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["Conv_0"]["bias"]
+    h = jnp.mean(jnp.tanh(h), axis=(1, 2))
+    return jnp.mean((h @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]) ** 2)
+
+  return params, objective

@@ -102,6 +102,44 @@ def test_lr_during_epochs_and_sgd_semantics():
   assert int(state.epoch) == 3 and int(state.count) == 6
 
 
+def test_float64_rates_and_steps_match_numpy_float64(x64):
+  """Float64 params: the rates, their recurrence and the SGD steps in f64."""
+  del x64
+  params = {"conv": {"kernel": jnp.full((3, 3, 2, 2), 0.5)},
+            "head": {"kernel": jnp.full((2, 3), -0.25)}}
+  tx = adas(learning_rate=0.03, beta=0.8, momentum=0.9, weight_decay=0.01)
+  state = tx.init(params)
+  for field in ("layer_lr", "fc_lr", "gain", "init_lr", "beta", "zeta",
+                "min_lr"):
+    assert getattr(state, field).dtype == jnp.float64, field
+  # §1.6 with G3 = G4 = g, from NumPy float64.
+  rate, previous = 0.0, None
+  for epoch, g in enumerate(T7_GAINS):
+    g64 = jnp.asarray([g], jnp.float64)
+    zero = jnp.zeros((1,), jnp.int32)
+    state = _adas._update_rates(
+        state, _spectral.KnowledgeGain(g64, g64, g64, g64, zero, zero, g64))
+    delta = 0.03 if epoch == 0 else g - previous
+    rate = max(0.8 * (rate if epoch else 0.0) + 1.0 * delta, 1e-20)
+    previous = g
+    np.testing.assert_allclose(float(state.layer_lr[0]), rate, rtol=1e-15)
+    np.testing.assert_allclose(float(state.fc_lr), rate, rtol=1e-15)
+  # b ← μ b + (g + λ θ), θ ← θ - R b, in NumPy float64.
+  theta = {k: np.asarray(v["kernel"]) for k, v in params.items()}
+  trace = {k: np.zeros_like(v) for k, v in theta.items()}
+  lr = {"conv": float(state.layer_lr[0]), "head": float(state.fc_lr)}
+  for step in range(3):
+    grads = jax.tree.map(lambda p: jnp.cos(p) * (step + 1), params)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    for k in theta:
+      g = np.cos(theta[k]) * (step + 1)
+      trace[k] = 0.9 * trace[k] + (g + 0.01 * theta[k])
+      theta[k] = theta[k] - lr[k] * trace[k]
+      assert params[k]["kernel"].dtype == jnp.float64
+      np.testing.assert_allclose(params[k]["kernel"], theta[k], rtol=1e-15)
+
+
 # ------------------------------------------------------- §7 T8 early stop
 
 
@@ -123,6 +161,52 @@ def test_early_stop_disabled_by_negative_threshold():
   for _ in range(3):
     state, stop = adas_early_stop(1.0, state, threshold=-1.0, patience=1)
   assert not bool(stop)
+
+
+def _numpy_early_stop(losses, threshold, patience):
+  """§1.9 in NumPy float64: (best, wait, stop) after each epoch."""
+  best, wait, out = np.inf, 0, []
+  for loss in np.asarray(losses, np.float64):
+    if loss - best < -threshold:
+      best, wait = loss, 0
+    else:
+      wait += 1
+    out.append((best, wait, wait >= patience))
+  return out
+
+
+def test_early_stop_float64_matches_numpy_float64(x64):
+  """Under x64 the best loss is float64: 0.999 after 1.0 improves by 1e-3.
+
+  In float32, 0.999 - 1.0 = -0.00099999 is no improvement of 1e-3.
+  """
+  del x64
+  losses = [1.0, 0.999, 0.998, 0.9975, 0.9965, 0.9965000001, 0.9955]
+  expected = _numpy_early_stop(losses, 1e-3, 2)
+  for init in (None, _adas.adas_early_stop_init()):
+    state = init
+    for loss, (best, wait, stop) in zip(losses, expected):
+      state, stopped = adas_early_stop(loss, state, threshold=1e-3,
+                                       patience=2)
+      assert state.best_loss.dtype == jnp.float64
+      assert (float(state.best_loss), int(state.wait), bool(stopped)) == (
+          best, wait, stop)
+  assert [w for _, w, _ in expected] == [0, 0, 0, 1, 0, 1, 0]
+
+
+def test_early_stop_state_dtype_is_stable_under_jit():
+  """A float16 loss keeps a float32 state; jit compiles once."""
+  state = _adas.adas_early_stop_init()
+  assert state.best_loss.dtype == jnp.float32
+  step = jax.jit(lambda loss, s: adas_early_stop(loss, s, patience=3))
+  losses = [jnp.float16(loss) for loss in (2.0, 1.5, 1.4)]
+  with _utils.log_compilations() as compilations:
+    for loss in losses:
+      state, _ = step(loss, state)
+  assert state.best_loss.dtype == jnp.float32
+  assert len(compilations) == 1, compilations
+  fresh, _ = adas_early_stop(jnp.bfloat16(1.0))
+  assert fresh.best_loss.dtype == jnp.float32
 
 
 # ------------------------------------------------------------ layer groups
@@ -463,6 +547,33 @@ def test_in_update_epoch_end_under_vmap_is_per_lane():
   _, states = jax.jit(jax.vmap(tx.update, in_axes=(None, 0, None)))(
       grads, states, params)
   assert states.epoch.tolist() == [0, 1]
+
+
+def test_injected_learning_rate_changed_mid_run_is_only_eta0():
+  """As documented: the conv and fc rates in force ignore it; the leaves in
+  no group train at it."""
+  params = {"conv": {"kernel": jnp.ones((3, 3, 2, 4)) * 0.1},
+            "head": {"kernel": jnp.ones((4, 2)) * 0.1}, "emb": jnp.ones(3)}
+  assert adas_layer_groups(params)["emb"] == "init"
+  grads = jax.tree.map(jnp.ones_like, params)
+  runs = []
+  for changed in (False, True):
+    tx = optax.inject_hyperparams(adas)(learning_rate=0.1, steps_per_epoch=2)
+    state, history, update = tx.init(params), [], jax.jit(tx.update)
+    for step in range(6):
+      if changed and step == 3:  # after the first epoch end
+        state.hyperparams["learning_rate"] = jnp.asarray(1e-3)
+      updates, state = update(grads, state, params)
+      history.append((updates, state.inner_state.layer_lr,
+                      state.inner_state.fc_lr))
+    runs.append(history)
+  for step, (plain, changed) in enumerate(zip(*runs)):
+    (u0, lr0, fc0), (u1, lr1, fc1) = plain, changed
+    _utils.assert_trees_all_equal((u1["conv"], u1["head"], lr1, fc1),
+                                  (u0["conv"], u0["head"], lr0, fc0))
+    emb_rate = 1e-3 if step >= 3 else 0.1
+    np.testing.assert_allclose(-u1["emb"], emb_rate * np.asarray(
+        -u0["emb"]) / 0.1, rtol=1e-6)
 
 
 def test_adas_end_epoch_inside_chain_and_inject_hyperparams():

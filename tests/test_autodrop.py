@@ -237,6 +237,50 @@ def test_matches_spec_reference_on_a_real_training_run(x64):
   np.testing.assert_allclose(scales, ref_scales)
 
 
+def test_float64_matches_numpy_float64(x64):
+  """With float64 params every scalar is float64: λ, ω and the updates.
+
+  ρ = 0.2 is not a float32 number; a float32 λ (0.20000000298) put the
+  float64 updates off by 1.5e-8 relative.
+  """
+  del x64
+  k, m, lr, beta = 3, 4, 0.05, 0.5
+  tx = optax.chain(optax.sgd(lr, momentum=beta),
+                   autodrop(window_size=k, buffer_size=m, drop_factor=0.2,
+                            threshold_deg=0.5, min_scale=1e-3))
+  rng = np.random.default_rng(1)
+  a = np.linspace(0.5, 3.0, 12)
+  x = jnp.asarray(np.ones(12))
+  state = tx.init(x)
+  assert _autodrop_state(state).lr_scale.dtype == jnp.float64
+  update = jax.jit(tx.update)
+  seq, grads_seq, updates_seq, omegas = [], [], [], []
+  for _ in range(240):
+    seq.append(np.asarray(x))
+    grads = a * (np.asarray(x) - rng.normal(size=12))
+    updates, state = update(jnp.asarray(grads), state, x)
+    x = optax.apply_updates(x, updates)
+    grads_seq.append(grads)
+    updates_seq.append(np.asarray(updates))
+    s = _autodrop_state(state)
+    assert s.lr_scale.dtype == s.last_omega.dtype == jnp.float64
+    if int(s.window_step) == 0 and int(s.n_means) == 2:
+      omegas.append(float(s.last_omega))
+  ref_scales, ref_omegas = _reference(seq, k, m, 0.5, 0.2, 1e-3)
+  assert int(_autodrop_state(state).n_drops) >= 3
+  np.testing.assert_allclose(omegas[-len(ref_omegas):], ref_omegas,
+                             rtol=0, atol=1e-9)
+  # SGD with momentum in NumPy float64, scaled by λ decided one step earlier.
+  trace, scale = np.zeros(12), 1.0
+  for t, grads in enumerate(grads_seq):
+    trace = grads + beta * trace
+    np.testing.assert_allclose(updates_seq[t], -lr * trace * scale,
+                               rtol=1e-14, err_msg=f"step {t}")
+    scale = ref_scales[t]
+  np.testing.assert_allclose(float(_autodrop_state(state).lr_scale),
+                             ref_scales[-1], rtol=1e-15)
+
+
 def test_endpoint_mode_uses_window_end_params():
   k = 4
   points = np.repeat(T2_POINTS, k, axis=0)
@@ -516,6 +560,29 @@ def test_t7_v1_schedule_on_scripted_trajectory(steps_per_epoch):
   assert scales_used[first] == pytest.approx(1.0)
   assert scales_used[first + 1] == pytest.approx(0.2)
   assert min(scales_used) == pytest.approx(1e-3)
+
+
+def test_v1_float64_theta_and_scale_match_numpy(x64):
+  """θ ← min(θ/ρ, θ̄) and λ ← max(ρλ, λ_min) in float64, as NumPy does."""
+  del x64
+  rho, floor = 0.2, 1e-3
+  tx = autodrop_v1(steps_per_epoch=2, patience_epochs=3, theta0=0.01,
+                   theta_max=1.0, drop_factor=rho, min_scale=floor)
+  state = tx.init({"w": jnp.zeros(2)})
+  assert state.theta.dtype == state.lr_scale.dtype == jnp.float64
+  update = jax.jit(tx.update)
+  theta, scale, drops = 0.01, 1.0, 0
+  for point in np.repeat(T2_POINTS, 2, axis=0):
+    out, state = update({"w": jnp.ones(2)}, state,
+                        {"w": jnp.asarray(point)})
+    np.testing.assert_allclose(float(out["w"][0]), scale, rtol=1e-15)
+    if int(state.n_drops) > drops:
+      drops += 1
+      theta, scale = min(theta / rho, 1.0), max(rho * scale, floor)
+    # XLA may divide by the constant ρ as a multiplication by 1/ρ: 1 ulp.
+    np.testing.assert_allclose(float(state.theta), theta, rtol=1e-15)
+    np.testing.assert_allclose(float(state.lr_scale), scale, rtol=1e-15)
+  assert drops >= 5
 
 
 def test_t7_v1_average_on_drop_moves_params_to_weighted_average():

@@ -28,6 +28,7 @@ import optax_adaptive as oa
 from tests import _checkpoint_worker as W
 from tests import _cnn_tasks as T
 from tests import _utils
+from tests import test_conformance as C
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 WORKER_TIMEOUT_S = 540
@@ -129,30 +130,56 @@ def test_restore_into_fsdp_layout(tmp_path):
   _check(tmp_path, _available([m.name for m in T.METHODS]), "fsdp")
 
 
-def _nnx_model():
-  from flax import nnx
-  return nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+_NNX_BLOCKS = {
+    "setup": "# nnx: the model, tx and train step",
+    "save": "# nnx: train, then save the model and the optimizer",
+    "restore": "# nnx: restore the model and the optimizer",
+    "continue": "# nnx: continue training",
+}
 
 
-def test_nnx_optimizer_round_trip(tmp_path):
-  """``nnx.state(optimizer)`` restores into an abstract nnx.Optimizer."""
-  from flax import nnx
-  tx = T.METHODS_BY_NAME["cprop_autodrop"].build(None)
-  model = _nnx_model()
-  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  x = np.ones((4, 3), np.float32)
-  for _ in range(3):
-    grads = nnx.grad(lambda m: (m(x) ** 2).mean())(model)
-    optimizer.update(model, grads)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(tmp_path / "nnx", nnx.state(optimizer))
-  checkpointer.wait_until_finished()
-  abstract = nnx.eval_shape(
-      lambda: nnx.Optimizer(_nnx_model(), tx, wrt=nnx.Param))
-  restored = checkpointer.restore(tmp_path / "nnx", nnx.state(abstract))
-  fresh = nnx.Optimizer(_nnx_model(), tx, wrt=nnx.Param)
-  nnx.update(fresh, restored)
-  _utils.assert_trees_all_equal(nnx.state(fresh), nnx.state(optimizer))
+def _nnx_recipe_blocks():
+  """The nnx recipe's python blocks of docs/checkpointing.md, by role."""
+  from tests.test_docs import parse_blocks
+  page = REPO / "docs" / "checkpointing.md"
+  blocks = {}
+  for block in parse_blocks(page.read_text(encoding="utf-8"), page):
+    for role, title in _NNX_BLOCKS.items():
+      if block.code.startswith(title):
+        blocks[role] = block.code
+  assert set(blocks) == set(_NNX_BLOCKS), f"found only {sorted(blocks)}"
+  return blocks
+
+
+def _run_recipe(blocks, roles, directory, out):
+  """Runs the blocks in a fresh Python process; saves the final states."""
+  code = "\n".join(
+      [f"import pathlib\ndirectory = pathlib.Path({str(directory)!r})"]
+      + [blocks[role] for role in roles]
+      + ["import jax as _jax, numpy as _np",
+         f"_np.savez({str(out)!r}, *[_np.asarray(a) for a in _jax.tree.leaves("
+         "(nnx.state(model), nnx.state(optimizer)))])"])
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO,
+                          capture_output=True, text=True,
+                          timeout=WORKER_TIMEOUT_S, env=dict(os.environ))
+  assert result.returncode == 0, f"{roles}:\n{result.stderr[-5000:]}"
+  with np.load(out) as f:
+    return [f[f"arr_{i}"] for i in range(len(f.files))]
+
+
+def test_nnx_recipe_of_the_docs_resumes_bit_exactly(tmp_path):
+  """docs/checkpointing.md's nnx recipe, as written, in two processes.
+
+  The first process trains, saves and trains on; the second restores and
+  trains on. Saving only ``nnx.state(optimizer)``, which holds no model
+  params, would restart the second from the initial weights.
+  """
+  blocks = _nnx_recipe_blocks()
+  uninterrupted = _run_recipe(blocks, ("setup", "save", "continue"),
+                              tmp_path, tmp_path / "uninterrupted.npz")
+  resumed = _run_recipe(blocks, ("setup", "restore", "continue"), tmp_path,
+                        tmp_path / "resumed.npz")
+  _utils.assert_trees_all_equal(resumed, uninterrupted)
 
 
 def test_linen_train_state_round_trip(tmp_path):
@@ -172,3 +199,35 @@ def test_linen_train_state_round_trip(tmp_path):
   assert int(restored.step) == int(state.step) == 1  # a Python int in state
   _utils.assert_trees_all_equal(restored.params, state.params)
   _utils.assert_trees_all_equal(restored.opt_state, state.opt_state)
+
+
+# ------------------------------------------- every method, any model kind
+
+
+@pytest.mark.parametrize("model", [_utils.mlp_problem, _utils.cnn_problem],
+                         ids=["mlp", "cnn"])
+@pytest.mark.parametrize("case", C.CASES, ids=[c.name for c in C.CASES])
+def test_every_method_state_is_checkpointable(tmp_path, case, model):
+  """orbax saves and restores every public factory's state, any model.
+
+  A model without conv layers once left AdaS with zero-size per-layer
+  arrays, which ``StandardCheckpointer`` refuses.
+  """
+  params, objective = model()
+  tx = case.build()
+  step = jax.jit(C._make_step(case, tx, objective))
+  state = tx.init(params)
+  for _ in range(2):
+    params, state, _ = step(params, state)
+  tree = {"params": params, "opt_state": state}
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(tmp_path / "ckpt", tree)
+  checkpointer.wait_until_finished()
+  abstract = jax.eval_shape(lambda: {"params": params,
+                                     "opt_state": tx.init(params)})
+  restored = checkpointer.restore(tmp_path / "ckpt", abstract)
+  _utils.assert_trees_all_equal(restored, tree)
+  # and it continues from the restored state like from the original
+  expected = step(params, state)
+  _utils.assert_trees_all_equal(
+      step(restored["params"], restored["opt_state"]), expected)

@@ -64,7 +64,11 @@ class Case:
       per-device losses/gradients with the global-batch one: equal up to
       float32 reduction order, which methods that divide by small loss
       differences amplify.
-    static_args: names passed to ``inject_hyperparams`` as static.
+    static_args: names passed to ``inject_hyperparams`` as static: only
+      those that fix the state's structure, i.e. the counts that set an
+      array shape (``SHAPE_ARGS``) and the documented switches where a
+      Python 0 means "no buffer" (``STRUCTURE_ARGS``). Every other
+      numeric hyperparameter, defaults included, is injected by (e).
     converge_kwargs: hyperparameters used instead of ``kwargs`` for (d).
     converge_steps: scan length for (d).
     skips: check letter -> reason the case cannot meet it.
@@ -122,13 +126,11 @@ CASES = [
         "cprop_adam_shared",
         oa.cprop_adam,
         dict(learning_rate=0.01),
-        static_args=("b2", "beta"),
     ),
     Case(
         "cprop_adam_separate",
         oa.cprop_adam,
         dict(learning_rate=0.01, b2=0.99, beta=0.999, weight_decay=1e-4),
-        static_args=("b2", "beta"),
     ),
 ]
 
@@ -160,8 +162,8 @@ _LABPAL_ROSENBROCK = (
     " backtracking; a rate measured in one part of Rosenbrock's curved"
     " valley diverges in the next")
 # momentum is static: a Python 0 means "no momentum buffer" in the state.
-_LABPAL_STATIC = ("approx_batches", "avg_window", "momentum")
-_AUTODROP_STATIC = ("window_size", "buffer_size")
+_LABPAL_STATIC = ("avg_window", "momentum")
+_AUTODROP_STATIC = ("buffer_size",)
 _PAL_NEEDS = frozenset({"value", "grad", "value_fn"})
 # (l) and (m) compare per-device means of the loss with the global-batch
 # mean; they differ by reduction-order rounding, δL ≈ 4u·L ≈ 1e-6 on the
@@ -203,7 +205,6 @@ CASES += [
         oa.autodrop_v1,
         dict(steps_per_epoch=10, patience_epochs=2),
         compose=lambda tx: optax.chain(optax.sgd(3e-3, momentum=0.9), tx),
-        static_args=("steps_per_epoch", "patience_epochs"),
         converge_kwargs=dict(steps_per_epoch=100, patience_epochs=2),
     ),
     Case(
@@ -270,11 +271,23 @@ CASES += [
         "adas_steps_per_epoch",
         oa.adas,
         dict(learning_rate=0.01, steps_per_epoch=5),
-        static_args=("steps_per_epoch", "p"),
         multi_device_tol=_ADAS_MULTI_DEVICE_TOL,
         converge_kwargs=dict(learning_rate=2e-3, weight_decay=0.0),
     ),
 ]
+
+# Integer hyperparameters that set an array shape in the state, per factory:
+# they must be Python ints, so optax.inject_hyperparams needs them static.
+SHAPE_ARGS = {
+    "autodrop": ("buffer_size",),
+    "labpal": ("avg_window",),
+    "scale_by_labpal": ("avg_window",),
+}
+# Documented switches where a Python 0 means "no buffer" in the state.
+STRUCTURE_ARGS = {
+    "labpal": ("momentum",),
+    "scale_by_labpal": ("momentum",),
+}
 
 # Public names that are not transformations (states, pure functions, helpers).
 NOT_TRANSFORMATIONS = frozenset({
@@ -462,8 +475,27 @@ def test_d_minimises(case, target):
   _utils.assert_trees_all_close(params, final, rtol=3e-2, atol=3e-2)
 
 
+def _factory_name(case):
+  return getattr(case.factory, "func", case.factory).__name__
+
+
+@parametrize_cases
+def test_e_static_args_are_only_the_structural_ones(case):
+  """(e) injects every hyperparameter but those that fix the structure."""
+  name = _factory_name(case)
+  allowed = SHAPE_ARGS.get(name, ()) + STRUCTURE_ARGS.get(name, ())
+  assert set(case.static_args) <= set(allowed)
+  assert set(SHAPE_ARGS.get(name, ())) <= set(case.static_args)
+
+
 @parametrize_cases
 def test_e_inject_hyperparams(case):
+  """The injected factory has the plain one's state structure and values.
+
+  Every numeric hyperparameter, the factory's defaults included, becomes an
+  array under ``inject_hyperparams``; only ``case.static_args`` stay Python
+  values.
+  """
   _skip_if(case, "e")
   injectable = optax.inject_hyperparams(
       case.factory, static_args=case.static_args)
@@ -474,15 +506,42 @@ def test_e_inject_hyperparams(case):
   step = jax.jit(_make_step(case, tx, objective))
   step_inject = jax.jit(_make_step(case, tx_inject, objective))
   state, state_inject = tx.init(params), tx_inject.init(params)
+  structure = lambda s: jax.tree.structure(_strip_inject(s))
+  assert structure(state_inject) == structure(state), "after init"
   p, p_inject = params, params
-  for _ in range(3):
+  for i in range(3):
     p, state, updates = step(p, state)
     p_inject, state_inject, updates_inject = step_inject(
         p_inject, state_inject)
+    assert structure(state_inject) == structure(state), f"after step {i}"
     _utils.assert_trees_all_close(updates_inject, updates, rtol=1e-5,
-                                  atol=1e-7)
-  _utils.assert_trees_all_close(
-      _strip_inject(state_inject), state, rtol=1e-5, atol=1e-6)
+                                  atol=1e-7, err_msg=f"updates, step {i}")
+    _utils.assert_trees_all_close(
+        _strip_inject(state_inject), state, rtol=1e-5, atol=1e-6,
+        err_msg=f"state, step {i}")
+
+
+_SHAPE_CASES = [(c, arg) for c in CASES
+                for arg in SHAPE_ARGS.get(_factory_name(c), ())]
+
+
+@pytest.mark.parametrize(
+    "case,arg", _SHAPE_CASES, ids=[f"{c.name}-{a}" for c, a in _SHAPE_CASES])
+def test_e_injecting_a_shape_arg_names_the_fix(case, arg):
+  """A shape-setting count that inject turns into an array: a clear error.
+
+  Also when the user never passed it (its default is injected too).
+  """
+  static = tuple(a for a in case.static_args if a != arg)
+  kwargs = {k: v for k, v in case.kwargs.items() if k != arg}
+  tx = case.compose(
+      optax.inject_hyperparams(case.factory, static_args=static)(**kwargs))
+  with pytest.raises(TypeError) as error:
+    tx.init(jnp.zeros(3))
+  message = str(error.value)
+  assert f"`{arg}` sets the shape of an array" in message
+  assert "cannot be injected" in message
+  assert f'static_args=("{arg}",)' in message
 
 
 @parametrize_cases

@@ -19,6 +19,7 @@ from optax_adaptive._diagnostics import (
 )
 from tests import _cnn_tasks as T
 from tests import _utils
+from tests import test_conformance as C
 
 PARAMS = {"conv": {"kernel": jnp.ones((3, 3, 2, 4))},
           "w": jnp.ones((4, 3)), "b": jnp.zeros((3,))}
@@ -38,9 +39,9 @@ EXPECTED_KEYS = {
     "labpal": {"labpal/labpal_learning_rate", "labpal/labpal_step_length",
                "labpal/updates_done", "labpal/pending",
                "labpal/info.raw_step", "labpal/info.status"},
-    "adas": {"adas/epoch", "adas/layer_lr", "adas/fc_lr", "adas/gain",
-             "adas/input_gain", "adas/output_gain", "adas/input_condition",
-             "adas/output_condition"},
+    "adas": {"adas/epoch", "adas/layer_lr", "adas/fc_lr", "adas/init_lr",
+             "adas/gain", "adas/input_gain", "adas/output_gain",
+             "adas/input_condition", "adas/output_condition"},
     "cprop_autodrop": CPROP | AUTODROP,
 }
 
@@ -87,6 +88,30 @@ def test_every_method_reports_its_monitored_fields(method):
   for value in out.values():
     assert isinstance(value, jax.Array)
     assert value.size <= 64
+
+
+@pytest.mark.parametrize(
+    "model", [_utils.mlp_problem, _utils.cnn_problem], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("case", C.CASES, ids=[c.name for c in C.CASES])
+def test_values_are_numbers_a_logger_takes(case, model):
+  """No booleans (LABPAL's ``pending`` was one), no empty arrays (AdaS's
+  per-layer rates of a model without conv layers were), for any model."""
+  params, objective = model()
+  tx = case.build()
+  step = jax.jit(C._make_step(case, tx, objective))
+  state = tx.init(params)
+  for _ in range(2):
+    params, state, _ = step(params, state)
+  out = diagnostics(state)
+  assert out
+  for key, value in out.items():
+    assert value.dtype.kind in "iuf", f"{key}: {value.dtype}"
+    assert value.size > 0, key
+    np.round(np.asarray(value), 4)
+  if "adas/fc_lr" in out:  # the rates in force
+    (adas_state,) = find_states(state)
+    assert float(out["adas/init_lr"]) == float(adas_state.init_lr)
+    assert ("adas/layer_lr" in out) == (model is _utils.cnn_problem)
 
 
 def _cprop_sgd():

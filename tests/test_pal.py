@@ -113,6 +113,35 @@ def test_2d_quadratic_line_minimum(x64):
   np.testing.assert_allclose(state.info.slope, -np.sqrt(17), rtol=1e-12)
 
 
+def test_float64_steps_with_momentum_match_numpy_float64(x64):
+  """Five default PAL steps (β = 0.4, μ = 1) in float64, as in NumPy."""
+  del x64
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(16, 3)), rng.normal(size=16)
+  loss = lambda p, x, y: jnp.mean((x @ p - y) ** 2)
+  tx = pal()
+  params, state = jnp.zeros(3), tx.init(jnp.zeros(3))
+  theta, trace = np.zeros(3), np.zeros(3)
+  mse = lambda q: np.mean((x @ q - y) ** 2)
+  for _ in range(5):
+    value, grad = jax.value_and_grad(loss)(params, x, y)
+    updates, state = tx.update(grad, state, params, value=value, grad=grad,
+                               value_fn=loss, x=x, y=y)
+    params = optax.apply_updates(params, updates)
+    g = 2 * x.T @ (x @ theta - y) / len(y)
+    trace = 0.4 * trace + g
+    unit = -trace / np.linalg.norm(trace)
+    b = g @ unit
+    a = mse(theta + unit) - mse(theta) - b  # μ = 1
+    s = 0.0 if b >= 0 else min(-b / (2 * a) / 0.6 if a > 0 else 1.0, 3.16)
+    theta = theta + s * unit
+    assert params.dtype == _pal_state(state).pal_step_length.dtype
+    assert params.dtype == jnp.float64
+    np.testing.assert_allclose(params, theta, rtol=1e-13)
+    np.testing.assert_allclose(_pal_state(state).pal_step_length, s,
+                               rtol=1e-13)
+
+
 # ------------------------------------------------------------------ §8.5
 
 

@@ -508,7 +508,7 @@ _AUTODROP_V1_VARIANTS = (
 def _check_lr_scale(history, hyper):
   """λ starts at 1, never rises, never falls below min_scale."""
   lr_scale = _field(history, "lr_scale")
-  floor = _f32(hyper["min_scale"])
+  floor = _in_dtype_of(hyper["min_scale"], history, "lr_scale")
   assert np.all(lr_scale <= 1.0), lr_scale.max()
   assert np.all(lr_scale >= floor), (lr_scale.min(), floor)
   assert np.all(np.diff(lr_scale) <= 0), lr_scale
