@@ -42,9 +42,9 @@ class CPropState(NamedTuple):
   m: optax.Updates  # EMA of raw gradients; float32, or float64 for f64 params
   v: optax.Updates  # EMA of squared raw gradients; same dtype as ``m``
   inner_state: optax.OptState  # the state of ``inner``
-  # shape=(), dtype=jnp.float32: the mean of the scale s over all parameter
-  # entries after the last update (1 before the first); None with
-  # track_mean_scale=False
+  # shape=(), float32 (float64 if a param is): the mean of the scale s over
+  # all parameter entries after the last update (1 before the first); None
+  # with track_mean_scale=False
   mean_scale: jax.typing.ArrayLike | None
 
 
@@ -56,9 +56,9 @@ class CPropAdamState(NamedTuple):
   nu: optax.Updates  # Adam's second moment (decay b2), stats dtype
   m: optax.Updates  # CProp's first moment (decay beta), stats dtype
   v: optax.Updates | None  # CProp's second moment; None when it is ``nu``
-  # shape=(), dtype=jnp.float32: the mean of the scale s over all parameter
-  # entries after the last update (1 before the first); None with
-  # track_mean_scale=False
+  # shape=(), float32 (float64 if a param is): the mean of the scale s over
+  # all parameter entries after the last update (1 before the first); None
+  # with track_mean_scale=False
   mean_scale: jax.typing.ArrayLike | None
 
 
@@ -269,7 +269,7 @@ def _as_rows(x: jax.Array) -> jax.Array:
 
 def _scale_sum(entry: _ScaleSumInputs, unit: jax.Array,
                cdf: str) -> jax.Array:
-  """Σ s over one leaf, as float32 (for the mean scale of §5.6).
+  """Σ s over one leaf, in the leaf's statistics dtype (for the mean scale).
 
   How the reduction reads s decides how XLA fuses it with the update, and
   the best choice differs per backend (``jax.lax.platform_dependent`` picks
@@ -301,7 +301,7 @@ def _scale_sum(entry: _ScaleSumInputs, unit: jax.Array,
     # materialises s first, doubling the update's time). Its minimum returns
     # the second operand when one is NaN, so the product goes second and a
     # NaN gradient still shows in the mean scale (docs/cprop.md, "Overhead").
-    return jnp.sum(jnp.minimum(k.one, k.c * e.conformity), dtype=jnp.float32)
+    return jnp.sum(jnp.minimum(k.one, k.c * e.conformity))
 
   def recomputed_sum(e):
     k = unshared(e.k)
@@ -309,29 +309,28 @@ def _scale_sum(entry: _ScaleSumInputs, unit: jax.Array,
     m = _ema(m_prev, d, k.beta, k.one_minus_beta)
     v = _ema(v_prev, d * d, k.beta, k.one_minus_beta)
     return jnp.sum(jnp.sum(_scale_from_moments(m, v, k, cdf), axis=-1,
-                           dtype=jnp.float32))
+                           dtype=k.one.dtype))
 
   if entry.d.size == 0:
-    return jnp.zeros((), jnp.float32)
+    return jnp.zeros((), entry.k.one.dtype)
   return jax.lax.platform_dependent(
       entry, cpu=materialised_sum, default=recomputed_sum)
 
 
 def _mean_scale(sums: list[jax.Array], leaves: list[Any],
-                axis_name: Hashable | None) -> jax.Array:
-  """Element-weighted mean of s over all leaves, as float32.
+                axis_name: Hashable | None, dtype: jnp.dtype) -> jax.Array:
+  """Element-weighted mean of s over all leaves, in ``dtype``.
 
   With ``axis_name`` the sums and sizes of every shard along that mapped
   axis are added up first, so that model-parallel shards agree on the mean.
   """
   size = sum(int(np.prod(x.shape)) for x in leaves)
-  total = sum(sums) if sums else jnp.zeros((), jnp.float32)
+  total = (sum(sums) if sums else jnp.zeros((), dtype)).astype(dtype)
   if axis_name is not None:
-    total, size = jax.lax.psum((total, jnp.float32(size)), axis_name)
+    total, size = jax.lax.psum((total, jnp.asarray(size, dtype)), axis_name)
   elif size == 0:
-    return jnp.ones((), jnp.float32)
-  return jnp.where(size > 0, total / jnp.maximum(size, 1), 1.0).astype(
-      jnp.float32)
+    return jnp.ones((), dtype)
+  return jnp.where(size > 0, total / jnp.maximum(size, 1), 1).astype(dtype)
 
 
 # ------------------------------------------------- one leaf's update
@@ -498,7 +497,8 @@ def cprop(
         m=_common.stats_zeros_like(params),
         v=_common.stats_zeros_like(params),
         inner_state=inner.init(params),
-        mean_scale=jnp.ones([], jnp.float32) if track_mean_scale else None,
+        mean_scale=(jnp.ones([], _common.widest_float_dtype(params))
+                    if track_mean_scale else None),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -524,8 +524,8 @@ def cprop(
         m=treedef.unflatten(m),
         v=treedef.unflatten(v),
         inner_state=inner_state,
-        mean_scale=(_mean_scale(sums, m, axis_name) if track_mean_scale
-                    else None),
+        mean_scale=(_mean_scale(sums, m, axis_name, state.mean_scale.dtype)
+                    if track_mean_scale else None),
     )
     return treedef.unflatten(new_updates), new_state
 
@@ -719,7 +719,8 @@ def cprop_adam(
         nu=zeros(),
         m=zeros(),
         v=None if share else zeros(),
-        mean_scale=jnp.ones([], jnp.float32) if track_mean_scale else None,
+        mean_scale=(jnp.ones([], _common.widest_float_dtype(params))
+                    if track_mean_scale else None),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -768,8 +769,8 @@ def cprop_adam(
         nu=treedef.unflatten(nu),
         m=treedef.unflatten(m),
         v=None if share else treedef.unflatten(v),
-        mean_scale=(_mean_scale(sums, mu, axis_name) if track_mean_scale
-                    else None),
+        mean_scale=(_mean_scale(sums, mu, axis_name, state.mean_scale.dtype)
+                    if track_mean_scale else None),
     )
     return treedef.unflatten(u), new_state
 

@@ -449,7 +449,41 @@ def test_float64_params_keep_float64_statistics():
     u, state = tx.update({"w": jnp.array([1.0, -2.0, 0.0])}, state, params)
     assert state.m["w"].dtype == jnp.float64
     assert u["w"].dtype == jnp.float64
-    assert state.mean_scale.dtype == jnp.float32
+    assert state.mean_scale.dtype == jnp.float64
+
+
+def _numpy_mean_scale(grads, beta, c, eps):
+  """The mean of s after each step, in NumPy float64 (normal CDF)."""
+  import math
+  m = v = np.zeros_like(grads[0])
+  means = []
+  for t, g in enumerate(grads, start=1):
+    m, v = beta * m + (1 - beta) * g, beta * v + (1 - beta) * g * g
+    b = 1 - beta**t
+    m_hat, v_hat = m / b, v / b
+    variance = np.maximum(v_hat - m_hat**2, 0) if t > 1 else 0 * m
+    n_minus_1 = beta * (1 - beta ** (t - 1)) / (1 - beta)
+    se = np.sqrt(variance / (n_minus_1 + eps)) + eps
+    z = np.abs(m_hat) / se
+    s = np.minimum(1, c * np.vectorize(math.erf)(z / math.sqrt(2)))
+    means.append(s.mean())
+  return means
+
+
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("make", [
+    lambda: cprop(optax.sgd(0.1), beta=0.9, c=1.5, eps=1e-6, cdf="normal"),
+    lambda: cprop_adam(0.1, b2=0.9, c=1.5, cprop_eps=1e-6, cdf="normal"),
+], ids=["cprop", "cprop_adam"])
+def test_float64_mean_scale_matches_numpy(make):
+  rng = np.random.default_rng(3)
+  grads = [rng.normal(size=64) + 0.3 for _ in range(5)]
+  params = jnp.zeros(64, jnp.float64)
+  tx = make()
+  state = tx.init(params)
+  for g, expected in zip(grads, _numpy_mean_scale(grads, 0.9, 1.5, 1e-6)):
+    _, state = jax.jit(tx.update)(jnp.asarray(g), state, params)
+    np.testing.assert_allclose(float(state.mean_scale), expected, rtol=1e-12)
 
 
 def test_zero_eps_zero_gradient_is_not_nan():
