@@ -134,7 +134,7 @@ for _name in ("labpal", "scale_by_labpal"):
   NUMERIC.update({
       (_name, "reuse_steps"): Row(0, ">= 1", "count"),
       (_name, "approx_batches"): Row(0, ">= 1", "count"),
-      (_name, "measure_step"): Row(0.0, _POS),
+      (_name, "measuring_step"): Row(0.0, _POS),
       (_name, "fd_step"): Row(-1e-4, _POS),
       (_name, "update_step_adaptation"): Row(0.0, _POS),
       (_name, "max_step"): Row(0.0, _POS),
@@ -358,9 +358,9 @@ def test_norm_bounds():
       _call(name, norm_bounds=(1e-3, "100"))
 
 
-def test_labpal_fd_step_below_measure_step():
-  with pytest.raises(ValueError, match=r"`fd_step`.*`measure_step`"):
-    oa.labpal(fd_step=0.1, measure_step=0.01)
+def test_labpal_fd_step_below_measuring_step():
+  with pytest.raises(ValueError, match=r"`fd_step`.*`measuring_step`"):
+    oa.labpal(fd_step=0.1, measuring_step=0.01)
 
 
 def test_knowledge_gain_kernel():
