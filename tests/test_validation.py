@@ -157,12 +157,16 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("labpal", "fit"): ("reference", "exact"),
     ("scale_by_labpal", "mode"): ("nsgd", "sgd"),
     ("scale_by_labpal", "fit"): ("reference", "exact"),
+    ("labpal", "cap"): ("fixed", "reference"),
+    ("scale_by_labpal", "cap"): ("fixed", "reference"),
     ("knowledge_gain", "solver"): ("brent_ref", "golden_log"),
     ("knowledge_gain", "spectrum"): ("gram", "svd"),
 }
 
 _FLAG = "a bool flag: any value is read as true or false"
 _AXIS = "a mapped axis name, checked by jax where it is used"
+_RENAMED = ("the deprecated name of measuring_step, checked as that:"
+            " test_labpal.py::test_measuring_step_is_the_name_*")
 OTHER: dict[tuple[str, str], str] = {
     ("cprop", "inner"): "a transformation: test_cprop_inner_type",
     ("cprop_sgd", "nesterov"): _FLAG,
@@ -189,6 +193,8 @@ OTHER: dict[tuple[str, str], str] = {
     ("labpal", "axis_name"): "str or None: test_axis_name",
     ("scale_by_labpal", "norm_bounds"): "a pair: test_norm_bounds",
     ("scale_by_labpal", "axis_name"): "str or None: test_axis_name",
+    ("labpal", "measure_step"): _RENAMED,
+    ("scale_by_labpal", "measure_step"): _RENAMED,
     ("knowledge_gain", "kernel"): "the input array: test_knowledge_gain_kernel",
     ("knowledge_gain", "transpose_tall"): _FLAG,
 }
