@@ -823,15 +823,20 @@ def test_retries_are_counted_in_diagnostics():
   assert int(state.updates_done) == 0
 
 
-def test_diagnostics_are_numbers_a_logger_takes():
+@pytest.mark.parametrize("cap", ["fixed", "reference"])
+def test_diagnostics_are_numbers_a_logger_takes(cap):
   """No booleans (np.round rejects them) and no empty arrays."""
-  _, state = _step(labpal(cap="reference"), _square, jnp.array([0.3, 0.1]))
-  out = oa.diagnostics(state)
-  assert {"labpal/pending", "labpal/retries", "labpal/cap_scale"} <= set(out)
-  for key, value in out.items():
-    value = np.asarray(value)
-    assert value.dtype != np.bool_ and value.size > 0, key
-    np.round(value, 4)
+  tx = labpal() if cap == "fixed" else labpal(cap=cap)
+  state = tx.init(jnp.zeros(2))
+  for _ in range(2):
+    out = oa.diagnostics(state)
+    assert "labpal/pending" in out
+    assert ("labpal/cap_scale" in out) == (cap == "reference")
+    for key, value in out.items():
+      value = np.asarray(value)
+      assert value.dtype != np.bool_ and value.size > 0, key
+      np.round(value, 4)
+    _, state = _step(tx, _square, jnp.array([0.3, 0.1]), state)
 
 
 # ---------------------------------------- the reference's growing cap
