@@ -135,6 +135,7 @@ def claims(records: dict[str, list[dict]]) -> str:
         ("autodrop-sgd", "within 0.5 points of the tuned step schedule"),
         ("autodrop-adam", "within 0.5 points of the tuned step schedule"),
         ("labpal", "on par with tuned SGD"),
+        ("labpal-ref", "(no claim; the authors' code's growing cap)"),
         ("pal", "(no claim; PAL for reference)"),
     ):
       if name not in records:

@@ -362,6 +362,15 @@ _SPECS = [
         approx_batches=10,
         trace=_trace_library, requires=(("_labpal", "labpal"),)),
     OptimizerSpec(
+        "labpal-ref", "library",
+        lambda spe, total: _lib("_labpal", "labpal")(
+            fit="reference", cap="reference"),
+        "labpal(fit='reference', cap='reference'): the authors' code, whose "
+        "cap grows by alpha each time it binds",
+        needs=frozenset({"value", "value_fn", "approx_batch"}),
+        approx_batches=10,
+        trace=_trace_library, requires=(("_labpal", "labpal"),)),
+    OptimizerSpec(
         "cprop-autodrop-sgd", "library",
         lambda spe, total: optax.chain(
             _lib("_cprop", "cprop_sgd")(SGD_LR, momentum=MOMENTUM),

@@ -55,7 +55,7 @@ MONITORED_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ScaleByLabpalState": (
         "labpal",
         ("labpal_learning_rate", "labpal_step_length", "updates_done",
-         "pending", "info.raw_step", "info.status"),
+         "pending", "retries", "cap_scale", "info.raw_step", "info.status"),
     ),
     "AdasState": (
         "adas",
@@ -210,8 +210,9 @@ def diagnostics(opt_state: Any) -> dict[str, jax.Array]:
                                ``info.case``
   ``labpal``                   ``labpal/labpal_learning_rate``,
                                ``labpal_step_length``, ``updates_done``,
-                               ``pending`` (0 or 1), ``info.raw_step``,
-                               ``info.status``
+                               ``pending`` (0/1), ``retries``,
+                               ``cap_scale`` (``cap="reference"`` only),
+                               ``info.raw_step``, ``info.status``
   ``adas``                     ``adas/epoch``, ``layer_lr`` (per conv
                                layer, in the order of
                                ``adas_layer_names(state)``), ``fc_lr``,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -43,8 +44,8 @@ from optax_adaptive import _common
 # ------------------------------------------------------- shared line helpers
 
 
-def _value_fn_arg_names(value_fn: Callable[..., Any]) -> frozenset[str]:
-  """Keyword names ``value_fn`` accepts after its first (params) argument.
+def _data_params(value_fn: Callable[..., Any]) -> list[inspect.Parameter]:
+  """``value_fn``'s parameters after the first (params) that take data by name.
 
   Mirrors optax's ``_extract_fns_kwargs``: only explicitly named parameters
   receive data; ``*args``/``**kwargs`` catch-alls receive nothing.
@@ -54,14 +55,58 @@ def _value_fn_arg_names(value_fn: Callable[..., Any]) -> frozenset[str]:
       inspect.Parameter.KEYWORD_ONLY,
   )
   params = list(inspect.signature(value_fn).parameters.values())
-  return frozenset(p.name for p in params[1:] if p.kind in kinds)
+  return [p for p in params[1:] if p.kind in kinds]
+
+
+def _value_fn_arg_names(value_fn: Callable[..., Any]) -> frozenset[str]:
+  """Keyword names ``value_fn`` accepts after its first (params) argument."""
+  return frozenset(p.name for p in _data_params(value_fn))
 
 
 def _value_fn_kwargs(
-    value_fn: Callable[..., Any], extra_args: Mapping[str, Any]
+    value_fn: Callable[..., Any],
+    extra_args: Mapping[str, Any],
+    method: str,
+    batched: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-  """The subset of ``extra_args`` that ``value_fn`` takes by name."""
-  names = _value_fn_arg_names(value_fn)
+  """The data arguments of ``value_fn`` among ``update``'s extra arguments.
+
+  As optax's line searches do, a keyword that ``value_fn`` does not take
+  (a misspelt data argument) is an error rather than silently dropped. A
+  required data argument of ``value_fn`` that is neither given nor in
+  ``batched`` (LABPAL's ``approx_batch`` keys) is named too, instead of
+  surfacing as a positional-argument error inside ``value_fn``.
+
+  Raises:
+    TypeError: naming the unconsumed or missing keywords and ``value_fn``'s
+      signature.
+  """
+  data = _data_params(value_fn)
+  names = {p.name for p in data}
+  where = f"`value_fn{inspect.signature(value_fn)}`"
+  unused = sorted(set(extra_args) - names)
+  if unused:
+    raise TypeError(
+        f"{method}.update got keyword arguments {unused} that {where} does"
+        " not take. Extra keyword arguments of `update` are data for"
+        " `value_fn`, routed to it by name (as in optax's line searches):"
+        " rename them to match its parameters or drop them."
+    )
+  missing = [
+      p.name for p in data
+      if p.default is inspect.Parameter.empty
+      and p.name not in extra_args and p.name not in batched
+  ]
+  if missing:
+    example = ", ".join(f"{name}=..." for name in missing)
+    per_batch = (
+        " (or, stacked per mini-batch, as keys of `approx_batch`)"
+        if method == "scale_by_labpal" else "")
+    raise TypeError(
+        f"{method}: {where} needs {missing}, which were not given. Data"
+        " arguments are passed to `update` by name, e.g."
+        f" `tx.update(updates, state, params, ..., {example})`{per_batch}."
+    )
   return {k: v for k, v in extra_args.items() if k in names}
 
 
@@ -297,8 +342,7 @@ def scale_by_pal(
     _common.check_callable("value_fn", value_fn)
     if exact_directional_derivative:
       _common.require_extra_arg(grad, "grad", "scale_by_pal")
-    fn_kwargs = _value_fn_kwargs(value_fn, extra_args)
-    del extra_args  # the rest is ignored, as GradientTransformationExtraArgs
+    fn_kwargs = _value_fn_kwargs(value_fn, extra_args, "scale_by_pal")
 
     dtype = state.pal_learning_rate.dtype
     direction = _tree_cast_stats(updates)
@@ -478,6 +522,7 @@ LABPAL_STATUS_RETRY = LabpalStatus.RETRY
 
 _MODES = ("nsgd", "sgd")
 _FITS = ("reference", "exact")
+_CAPS = ("fixed", "reference")
 
 
 class LabpalInfo(NamedTuple):
@@ -485,7 +530,7 @@ class LabpalInfo(NamedTuple):
 
   value0: jax.Array  # shape=(), mean loss at t = 0 over approx_batch.
   value_h: jax.Array  # shape=(), mean loss at t = fd_step.
-  value_mu: jax.Array  # shape=(), mean loss at t = measure_step.
+  value_mu: jax.Array  # shape=(), mean loss at t = measuring_step.
   curvature: jax.Array  # shape=(), a of the fit (a_ref = A/2 if reference).
   slope: jax.Array  # shape=(), b of the fit (b_ref = B + A h if reference).
   raw_step: jax.Array  # shape=(), alpha * min(s_fit, max_step), floored.
@@ -498,10 +543,12 @@ class ScaleByLabpalState(NamedTuple):
 
   updates_done: jax.Array  # shape=(), dtype=jnp.int32, starts at -1.
   since_measure: jax.Array  # shape=(), dtype=jnp.int32
-  pending: jax.Array  # shape=(), dtype=jnp.bool_, measure on next update.
+  pending: jax.Array  # shape=(), dtype=jnp.int32, 1: measure next update.
   have_estimate: jax.Array  # shape=(), dtype=jnp.bool_
+  retries: jax.Array  # shape=(), dtype=jnp.int32, calls since last move.
   labpal_step_length: jax.Array  # shape=(), s-bar (used in 'nsgd' mode).
   labpal_learning_rate: jax.Array  # shape=(), lambda-bar ('sgd' mode).
+  cap_scale: jax.Array | None  # shape=(), cap / max_step if cap="reference".
   hist_step: jax.Array  # shape=(avg_window,), trusted raw steps (ring).
   hist_lr: jax.Array  # shape=(avg_window,), trusted raw learning rates.
   hist_count: jax.Array  # shape=(), dtype=jnp.int32, valid ring entries.
@@ -604,11 +651,52 @@ def _check_approx_batch(
     )
 
 
+_MEASURING_STEP_DEFAULT = 0.01
+
+
+def _renamed_measuring_step(measuring_step: Any, measure_step: Any) -> Any:
+  """``measuring_step``, or the deprecated ``measure_step`` if given."""
+  if measure_step is None:
+    return measuring_step
+  # Under inject_hyperparams both arrive as arrays; only a concrete,
+  # non-default measuring_step is known to be a second value.
+  if (_common.is_concrete_number(measuring_step)
+      and measuring_step != _MEASURING_STEP_DEFAULT):
+    raise TypeError(
+        "Pass only `measuring_step`; `measure_step` is its deprecated name"
+        f" (got measuring_step={measuring_step}, measure_step={measure_step})."
+    )
+  warnings.warn(
+      "`measure_step` is deprecated and will be removed in the next release;"
+      " use `measuring_step` (the name PAL uses for the same μ).",
+      DeprecationWarning, stacklevel=3)
+  return measure_step
+
+
+def _probe_point(
+    params: optax.Params, unit: optax.Params, distance: jax.Array
+) -> optax.Params:
+  """``params + distance * unit`` in the dtype of ``unit`` (statistics dtype).
+
+  bfloat16/float16 params are probed in float32. LABPAL's points lie
+  ``fd_step`` = 1.77e-4 apart; rounded to bfloat16 (8 significant bits) a
+  probe leaves the line by up to 2^-9 of each coordinate, as much as the
+  move itself for coordinates above ~0.05, so the fitted curvature is
+  rounding noise and fits fail (retried forever at the first measurement).
+  ``value_fn`` receives the float32 points: the loss as a function of
+  continuous params, equal to the bfloat16 model's at t = 0 when the model
+  computes in float32 (or promotes to it).
+  """
+  return jax.tree.map(
+      lambda p, u: p.astype(u.dtype) + distance.astype(u.dtype) * u,
+      params, unit)
+
+
 def scale_by_labpal(
     mode: str = "nsgd",
     reuse_steps: jax.typing.ArrayLike = 1000,
     approx_batches: int = 10,
-    measure_step: jax.typing.ArrayLike = 0.01,
+    measuring_step: jax.typing.ArrayLike = _MEASURING_STEP_DEFAULT,
     fd_step: jax.typing.ArrayLike = 1.77e-4,
     update_step_adaptation: jax.typing.ArrayLike = 1.8,
     max_step: jax.typing.ArrayLike = 1.0,
@@ -618,7 +706,10 @@ def scale_by_labpal(
     norm_bounds: tuple[float, float] = (1e-3, 100.0),
     momentum: jax.typing.ArrayLike = 0.0,
     fit: str = "reference",
+    cap: str = "fixed",
     axis_name: str | None = None,
+    *,
+    measure_step: jax.typing.ArrayLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""LABPAL's transformation; see :func:`labpal` for the full description.
 
@@ -627,7 +718,8 @@ def scale_by_labpal(
       (reuse the learning rate :math:`\bar\lambda`).
     reuse_steps: weight updates per measurement (the measurement included).
     approx_batches: :math:`m_a`; ``approx_batch`` must hold a multiple of it.
-    measure_step: :math:`\mu`, third sample point along the line.
+    measuring_step: :math:`\mu`, the measuring step: third sample point
+      along the line.
     fd_step: :math:`h`, second sample point along the line.
     update_step_adaptation: :math:`\alpha`.
     max_step: :math:`s_{\max}`, cap applied *before* :math:`\alpha`.
@@ -639,29 +731,35 @@ def scale_by_labpal(
     momentum: :math:`\beta` of the direction's heavy-ball buffer. The buffer
       exists (1 params copy) unless ``momentum`` is a Python 0.
     fit: ``"reference"`` (faithful, default) or ``"exact"``.
+    cap: ``"fixed"`` (the paper's cap :math:`s_{\max}`, default) or
+      ``"reference"`` (the authors' code: the cap is multiplied by
+      :math:`\alpha` each time it binds).
     axis_name: if set, the measured losses are averaged with
       :func:`jax.lax.pmean` over this axis.
+    measure_step: deprecated name of ``measuring_step``.
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs`.
   """
+  measuring_step = _renamed_measuring_step(measuring_step, measure_step)
   _common.check_choice("mode", mode, _MODES)
   _common.check_choice("fit", fit, _FITS)
+  _common.check_choice("cap", cap, _CAPS)
   _common.check_positive_int("avg_window", avg_window)
   if not isinstance(approx_batches, jax.Array):
     _common.check_positive_int("approx_batches", approx_batches)
   _common.check_count("reuse_steps", reuse_steps, lower=1)
   _common.check_count("untrusted_updates", untrusted_updates, lower=0)
-  _common.check_range("measure_step", measure_step, lower=0.0,
+  _common.check_range("measuring_step", measuring_step, lower=0.0,
                       lower_inclusive=False)
   _common.check_range("fd_step", fd_step, lower=0.0, lower_inclusive=False)
   if _common.is_concrete_number(fd_step) and _common.is_concrete_number(
-      measure_step
+      measuring_step
   ):
-    if fd_step >= measure_step:
+    if fd_step >= measuring_step:
       raise ValueError(
-          f"`fd_step` ({fd_step}) must be smaller than `measure_step` "
-          f"({measure_step})."
+          f"`fd_step` ({fd_step}) must be smaller than `measuring_step` "
+          f"({measuring_step})."
       )
   _common.check_range("update_step_adaptation", update_step_adaptation,
                       lower=0.0, lower_inclusive=False)
@@ -695,10 +793,12 @@ def scale_by_labpal(
     return ScaleByLabpalState(
         updates_done=jnp.full((), -1, jnp.int32),
         since_measure=int_zero(),
-        pending=jnp.ones((), jnp.bool_),
+        pending=jnp.ones((), jnp.int32),
         have_estimate=jnp.zeros((), jnp.bool_),
+        retries=int_zero(),
         labpal_step_length=zero(),
         labpal_learning_rate=zero(),
+        cap_scale=jnp.ones((), dtype) if cap == "reference" else None,
         hist_step=jnp.zeros((avg_window,), dtype),
         hist_lr=jnp.zeros((avg_window,), dtype),
         hist_count=int_zero(),
@@ -720,16 +820,15 @@ def scale_by_labpal(
     """Triggers (b) and (c) of spec §3.2, evaluated after an update."""
     reuse_due = since >= jnp.asarray(reuse_steps, jnp.int32) - 1
     warmup_end = done == jnp.asarray(untrusted_updates, jnp.int32) + 1
-    return reuse_due | warmup_end
+    return (reuse_due | warmup_end).astype(jnp.int32)
 
-  def direction_of(grad, state):
-    """ḡ and d = β·m + ḡ (spec §3.1), in the statistics dtype."""
-    grad = _tree_cast_stats(grad)
+  def direction_of(updates, state):
+    """d = β·m + u (spec §3.1) from the incoming updates u, in the
+    statistics dtype."""
+    updates = _tree_cast_stats(updates)
     if not use_momentum:
-      return grad, grad
-    return grad, jax.tree.map(
-        lambda m, g: momentum * m + g, state.momentum, grad
-    )
+      return updates
+    return jax.tree.map(lambda m, u: momentum * m + u, state.momentum, updates)
 
   def train_branch(state, norm):
     """A plain SGD / normalised SGD step with the reused estimate, §3.5.
@@ -749,19 +848,24 @@ def scale_by_labpal(
         updates_done=done,
         since_measure=since,
         pending=schedule_pending(since, done),
+        retries=jnp.zeros((), jnp.int32),
     )
     return coef, jnp.ones((), jnp.bool_), new_state
 
   def measure_losses(params, unit, value_fn, fn_kwargs, approx_batch, dtype):
-    """Losses [M, 3] at t = 0, h, μ along -û on each mini-batch (§3.3)."""
-    points = (0.0, fd_step, measure_step)
+    """Losses [M, 3] at t = 0, h, μ along -û on each mini-batch (§3.3).
+
+    The points are in the statistics dtype (float32 for bfloat16/float16
+    params), see ``_probe_point``.
+    """
+    points = (0.0, fd_step, measuring_step)
 
     loss_eps = []
 
     def per_batch(batch):
       kwargs = {**fn_kwargs, **batch}
       losses = [
-          value_fn(_move_along(params, unit, -jnp.asarray(t, dtype)),
+          value_fn(_probe_point(params, unit, -jnp.asarray(t, dtype)),
                    **kwargs)
           for t in points
       ]
@@ -777,7 +881,12 @@ def scale_by_labpal(
   def measure_branch(
       grad, direction, norm, state, params, value_fn, fn_kwargs, approx_batch
   ):
-    """One measurement (spec §3.3, §7.3); returns like ``train_branch``."""
+    """One measurement (spec §3.3, §7.3); returns like ``train_branch``.
+
+    ``direction`` (the incoming updates, plus momentum) sets the line;
+    ``grad`` only checks that it is an ascent direction of the loss, as the
+    reference's guard on the directional derivative does.
+    """
     dtype = state.labpal_step_length.dtype
     fdt = _fit_dtype()
     if norm is None:  # 'sgd' mode needs ||d|| only when measuring
@@ -809,7 +918,7 @@ def scale_by_labpal(
     diff_h = _nanmean_rows(losses[:, 1] - losses[:, 0], valid)
     diff_mu = _nanmean_rows(losses[:, 2] - losses[:, 0], valid)
     h = jnp.asarray(fd_step, fdt)
-    mu = jnp.asarray(measure_step, fdt)
+    mu = jnp.asarray(measuring_step, fdt)
     # Rounding error of A μ²: D1 enters it multiplied by μ/h.
     scale = jnp.max(jnp.where(valid[:, None], jnp.abs(losses), 0.0))
     noise = loss_eps * scale * (mu / h + 2)
@@ -817,10 +926,20 @@ def scale_by_labpal(
 
     alpha = jnp.asarray(update_step_adaptation, fdt)
     floor = jnp.asarray(eps, fdt)
-    raw_step = alpha * jnp.minimum(fitted.step, max_step)  # cap before α
+    step_cap = jnp.asarray(max_step, fdt)
+    if cap == "reference":
+      step_cap = step_cap * state.cap_scale.astype(fdt)
+    raw_step = alpha * jnp.minimum(fitted.step, step_cap)  # cap before α
     raw_step = jnp.maximum(raw_step, floor)  # spec §3.3.5
     raw_lr = jnp.maximum(raw_step / jnp.maximum(safe_norm, floor), floor)
     ok_fit = ok_dir & fitted.ok & jnp.isfinite(raw_step) & jnp.isfinite(raw_lr)
+    cap_scale = state.cap_scale
+    if cap == "reference":
+      # The authors' code caps with `step = max_step_size` and then scales
+      # `step *= alpha` in place: the cap tensor itself grows by α each time
+      # it binds (torch aliasing), so the j-th binding cap is s_max·α^j.
+      binds = ok_fit & (fitted.step > step_cap)
+      cap_scale = jnp.where(binds, cap_scale * alpha, cap_scale).astype(dtype)
     raw_step = jnp.where(ok_fit, raw_step, 0.0).astype(dtype)
     raw_lr = jnp.where(ok_fit, raw_lr, 0.0).astype(dtype)
 
@@ -855,8 +974,9 @@ def scale_by_labpal(
         state.updates_done,
     )
     since = jnp.where(move, 0, state.since_measure).astype(jnp.int32)
-    retry = ~move & (state.pending | ~have_estimate)
+    retry = ~move & ((state.pending > 0) | ~have_estimate)
     pending = jnp.where(move, schedule_pending(since, done), retry)
+    retries = jnp.where(move, 0, optax.safe_int32_increment(state.retries))
     status = jnp.where(
         ok_fit,
         LABPAL_STATUS_OK,
@@ -875,10 +995,12 @@ def scale_by_labpal(
     new_state = ScaleByLabpalState(
         updates_done=done,
         since_measure=since,
-        pending=pending,
+        pending=pending.astype(jnp.int32),
         have_estimate=have_estimate,
+        retries=retries.astype(jnp.int32),
         labpal_step_length=new_step.astype(dtype),
         labpal_learning_rate=new_lr.astype(dtype),
+        cap_scale=cap_scale,
         hist_step=hist_step,
         hist_lr=hist_lr,
         hist_count=hist_count.astype(jnp.int32),
@@ -900,7 +1022,7 @@ def scale_by_labpal(
       force_measure: jax.typing.ArrayLike = False,
       **extra_args: Any,
   ) -> tuple[optax.Updates, ScaleByLabpalState]:
-    del updates, value  # LABPAL builds its direction from `grad` (§7.3).
+    del value  # L0 is re-measured with the other points (same rounding).
     _common.require_params(params, "scale_by_labpal")
     _common.reject_masked_nodes(params, "scale_by_labpal")
     _common.require_extra_arg(grad, "grad", "scale_by_labpal")
@@ -908,12 +1030,12 @@ def scale_by_labpal(
     _common.check_callable("value_fn", value_fn)
     _common.require_extra_arg(approx_batch, "approx_batch", "scale_by_labpal")
     _check_approx_batch(approx_batch, value_fn, approx_batches)
-    fn_kwargs = _value_fn_kwargs(value_fn, extra_args)
-    del extra_args  # the rest is ignored, as GradientTransformationExtraArgs
+    fn_kwargs = _value_fn_kwargs(value_fn, extra_args, "scale_by_labpal",
+                                 batched=frozenset(approx_batch))
 
-    grad, direction = direction_of(grad, state)
+    direction = direction_of(updates, state)
     norm = _tree_norm(direction) if mode == "nsgd" else None
-    measure = state.pending | jnp.asarray(force_measure, jnp.bool_)
+    measure = (state.pending > 0) | jnp.asarray(force_measure, jnp.bool_)
     # Both kinds of step return scalars only (the update is coef * d in
     # either), so no params-sized buffer crosses the control flow and the
     # update fuses with the caller's apply_updates; the momentum is selected
@@ -946,7 +1068,7 @@ def labpal(
     mode: str = "nsgd",
     reuse_steps: jax.typing.ArrayLike = 1000,
     approx_batches: int = 10,
-    measure_step: jax.typing.ArrayLike = 0.01,
+    measuring_step: jax.typing.ArrayLike = _MEASURING_STEP_DEFAULT,
     fd_step: jax.typing.ArrayLike = 1.77e-4,
     update_step_adaptation: jax.typing.ArrayLike = 1.8,
     max_step: jax.typing.ArrayLike = 1.0,
@@ -956,14 +1078,18 @@ def labpal(
     norm_bounds: tuple[float, float] = (1e-3, 100.0),
     momentum: jax.typing.ArrayLike = 0.0,
     fit: str = "reference",
+    cap: str = "fixed",
     axis_name: str | None = None,
+    *,
+    measure_step: jax.typing.ArrayLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""LABPAL: a parabolic model of the full-batch loss, measured rarely.
 
   Every ``reuse_steps`` weight updates (and once more after the
   ``untrusted_updates`` warm-up) LABPAL *measures*: with the direction
-  :math:`d = \beta m + \bar g` (``grad``, the mean gradient of the step's
-  :math:`k` training batches), :math:`n = \|d\|`, :math:`\hat u = d/n`, it
+  :math:`d = \beta m + u` (``updates``: the mean gradient :math:`\bar g` of
+  the step's :math:`k` training batches, or what transformations before
+  LABPAL made of it), :math:`n = \|d\|`, :math:`\hat u = d/n`, it
   evaluates the mean loss over the :math:`M` mini-batches of
   ``approx_batch`` at :math:`t \in \{0, h, \mu\}`, on the line
   :math:`\theta - t\hat u`, and fits :math:`p(t) = A t^2 + B t + L_0`:
@@ -986,6 +1112,11 @@ def labpal(
     \epsilon\bigr), \qquad
     \lambda_{\mathrm{raw}} = \max(s_{\mathrm{raw}}/n,\ \epsilon).
 
+  ``cap="reference"`` reproduces the authors' code, in which the cap
+  :math:`s_{\max}` is multiplied by :math:`\alpha` each time it binds
+  (:math:`s_{\max}\alpha^j` after :math:`j` binding measurements); the
+  default ``cap="fixed"`` keeps :math:`s_{\max}`, as the paper states.
+
   During the first ``untrusted_updates`` updates the estimates are the raw
   values; afterwards :math:`\bar s, \bar\lambda` are the means of the last
   ``avg_window`` successful measurements. A failed fit keeps the old
@@ -997,8 +1128,16 @@ def labpal(
   the next call without moving.
 
   ``update(updates, state, params, *, grad, value_fn, approx_batch,
-  force_measure=False, value=None, **data)`` ignores ``updates`` (pass the
-  gradient) and ``value``. ``approx_batch`` is a mapping from ``value_fn``
+  force_measure=False, value=None, **data)`` takes its direction from
+  ``updates`` (the gradient, as for :func:`optax.sgd`, or its clipped or
+  weight-decayed form from transformations chained before LABPAL); ``grad``,
+  the gradient of the loss that ``value_fn`` measures, only checks that
+  :math:`\langle g, d\rangle > 0` (the reference's guard); ``value`` is
+  not used (:math:`L_0` is measured with the other two points). The line
+  is probed with float32 copies of bfloat16/float16 params (``value_fn``
+  receives them), whose own grid cannot resolve :math:`h`. Data keywords
+  that ``value_fn`` does not take are an error, as in optax's line
+  searches. ``approx_batch`` is a mapping from ``value_fn``
   argument names to arrays stacked along a leading axis of :math:`M`
   mini-batches (:math:`M` a multiple of ``approx_batches``, first entries =
   the step's own training batches); other ``value_fn`` arguments may be
@@ -1017,15 +1156,16 @@ def labpal(
   ``optax.partition``, ``optax.masked`` or ``optax.MultiSteps``; accumulate
   the :math:`k` gradients yourself). Its state exposes
   ``labpal_step_length`` (:math:`\bar s`), ``labpal_learning_rate``
-  (:math:`\bar\lambda`) and ``info`` (the last measurement's losses,
-  coefficients, raw step and ``status``, a :class:`LabpalStatus`).
+  (:math:`\bar\lambda`), ``retries`` (calls in a row without a weight
+  update) and ``info`` (the last measurement's losses, coefficients, raw
+  step and ``status``, a :class:`LabpalStatus`).
 
   Args:
     mode: ``"nsgd"`` (reuse the step length, default) or ``"sgd"``.
     reuse_steps: weight updates per measurement, the measurement included.
     approx_batches: :math:`m_a`; ``approx_batch`` holds :math:`m_a k`
       mini-batches.
-    measure_step: :math:`\mu`, third sample point.
+    measuring_step: :math:`\mu`, the measuring step (third sample point).
     fd_step: :math:`h`, second sample point.
     update_step_adaptation: :math:`\alpha`.
     max_step: :math:`s_{\max}`, applied *before* :math:`\alpha`.
@@ -1037,8 +1177,12 @@ def labpal(
     momentum: :math:`\beta` of the direction's heavy-ball buffer (a params
       copy exists unless it is a Python 0).
     fit: ``"reference"`` or ``"exact"``.
+    cap: ``"fixed"`` or ``"reference"`` (the cap grows by :math:`\alpha`
+      each time it binds, as in the authors' code).
     axis_name: if set, the :math:`3M` losses are averaged with
       :func:`jax.lax.pmean` over this axis; pass ``grad`` already averaged.
+    measure_step: deprecated name of ``measuring_step`` (removed in the next
+      release).
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs`.
@@ -1088,7 +1232,7 @@ def labpal(
       mode=mode,
       reuse_steps=reuse_steps,
       approx_batches=approx_batches,
-      measure_step=measure_step,
+      measuring_step=_renamed_measuring_step(measuring_step, measure_step),
       fd_step=fd_step,
       update_step_adaptation=update_step_adaptation,
       max_step=max_step,
@@ -1098,5 +1242,6 @@ def labpal(
       norm_bounds=norm_bounds,
       momentum=momentum,
       fit=fit,
+      cap=cap,
       axis_name=axis_name,
   )

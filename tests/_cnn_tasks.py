@@ -160,12 +160,12 @@ def _pal(axis_name):
 
 
 def _labpal(axis_name):
-  # fd_step and measure_step 50x and 10x the defaults: the finite
+  # fd_step and measuring_step 50x and 10x the defaults: the finite
   # differences of float32 losses then lose ~1e-5 rather than ~1e-3 of their
   # digits, so runs whose reductions differ only in order stay comparable.
   return oa.labpal(
       mode="sgd", reuse_steps=3, approx_batches=APPROX_BATCHES,
-      fd_step=1e-2, measure_step=0.1, untrusted_updates=2, avg_window=3,
+      fd_step=1e-2, measuring_step=0.1, untrusted_updates=2, avg_window=3,
       axis_name=axis_name)
 
 

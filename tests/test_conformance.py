@@ -8,7 +8,8 @@ a new public factory is not. A case that cannot meet a check lists the check
 in ``skips`` with the reason, which pytest reports as the skip message.
 
 Checks (the letters follow issue 2):
-  a. unknown extra keyword arguments are accepted and ignored;
+  a. unknown extra keyword arguments are accepted and ignored (line searches:
+     rejected with a TypeError naming them, as optax's line searches do);
   b. a jitted update does not recompile on its second call;
   c. ``optax.tree.map_params`` works on the state;
   d. minimises a parabola, Rosenbrock, a matrix parabola and a mixed target;
@@ -74,6 +75,8 @@ class Case:
     skips: check letter -> reason the case cannot meet it.
     extra: builds the extra ``update`` arguments from
       ``(objective, value, grad, batch)`` where ``needs`` is not enough.
+    line_search: extra keyword arguments are data for ``value_fn``, and one
+      that it does not take is an error (checked instead of (a)).
   """
 
   name: str
@@ -91,6 +94,7 @@ class Case:
   converge_steps: int = 10_000
   skips: dict[str, str] = dataclasses.field(default_factory=dict)
   extra: Callable[..., dict[str, Any]] | None = None
+  line_search: bool = False
 
   def build(self, **overrides):
     return self.compose(self.factory(**{**self.kwargs, **overrides}))
@@ -152,7 +156,7 @@ def _labpal_extra(objective, value, grad, batch):
       approx_batch={"index": jnp.arange(_LABPAL_BATCHES)})
 
 
-# Why the parabola cases use fd_step=1e-2, measure_step=0.1 and the exact
+# Why the parabola cases use fd_step=1e-2, measuring_step=0.1 and the exact
 # fit: at the defaults (h=1.77e-4) the float32 finite differences of a loss
 # of ~125 are below its rounding, every fit fails and LABPAL retries without
 # moving; the reference fit's step 2s*-h times alpha=1.8 overshoots a
@@ -173,7 +177,7 @@ _PAL_NEEDS = frozenset({"value", "grad", "value_fn"})
 # battery settings (h = 1e-2, μ = 0.1), hence larger steps there. A missing
 # pmean changes the steps by tens of percent, far outside these tolerances.
 _PAL_TOL = (5e-4, 2e-6)
-_LABPAL_MULTI_DEVICE = dict(fd_step=0.1, measure_step=1.0)
+_LABPAL_MULTI_DEVICE = dict(fd_step=0.1, measuring_step=1.0)
 _LABPAL_TOL = (1e-3, 2e-6)
 _NOT_NESTABLE = (
     "line searches are outermost transformations and evaluate value_fn on"
@@ -215,6 +219,7 @@ CASES += [
         multi_device_kwargs=dict(axis_name="batch"),
         multi_device_tol=_PAL_TOL,
         skips=dict(g=_NOT_NESTABLE),
+        line_search=True,
     ),
     Case(
         "scale_by_pal",
@@ -225,11 +230,12 @@ CASES += [
         multi_device_kwargs=dict(axis_name="batch"),
         multi_device_tol=_PAL_TOL,
         skips=dict(g=_NOT_NESTABLE),
+        line_search=True,
     ),
     Case(
         "labpal",
         oa.labpal,
-        dict(mode="sgd", fit="exact", fd_step=1e-2, measure_step=0.1,
+        dict(mode="sgd", fit="exact", fd_step=1e-2, measuring_step=0.1,
              reuse_steps=20, untrusted_updates=40),
         multi_device_kwargs=dict(axis_name="batch"),
         multi_device_overrides=_LABPAL_MULTI_DEVICE,
@@ -237,20 +243,22 @@ CASES += [
         static_args=_LABPAL_STATIC,
         extra=_labpal_extra,
         skips={"g": _NOT_NESTABLE, "d-rosenbrock": _LABPAL_ROSENBROCK},
+        line_search=True,
     ),
     Case(
         "scale_by_labpal",
         oa.scale_by_labpal,
         dict(reuse_steps=20, untrusted_updates=40, fd_step=1e-2,
-             measure_step=0.1),
+             measuring_step=0.1),
         static_args=_LABPAL_STATIC,
         multi_device_kwargs=dict(axis_name="batch"),
         multi_device_overrides=_LABPAL_MULTI_DEVICE,
         multi_device_tol=_LABPAL_TOL,
         extra=_labpal_extra,
         converge_kwargs=dict(mode="sgd", fit="exact", fd_step=1e-2,
-                             measure_step=0.1),
+                             measuring_step=0.1),
         skips={"g": _NOT_NESTABLE, "d-rosenbrock": _LABPAL_ROSENBROCK},
+        line_search=True,
     ),
 ]
 
@@ -423,9 +431,13 @@ def test_a_b_extra_args_ignored_and_no_recompile(case):
   _skip_if(case, "a")
   tx = case.build()
   params, _, objective = _rosenbrock(jnp.float32)
-  step = jax.jit(_make_step(
-      case, tx, objective,
-      extra={"unexpected_extra_args_your_optimizer_doesnt_expect": 1}))
+  unexpected = {"unexpected_extra_args_your_optimizer_doesnt_expect": 1}
+  if case.line_search:
+    with pytest.raises(TypeError, match="unexpected_extra_args"):
+      _make_step(case, tx, objective, extra=unexpected)(
+          params, tx.init(params))
+    unexpected = {}
+  step = jax.jit(_make_step(case, tx, objective, extra=unexpected))
   state = tx.init(params)
   for _ in range(2):
     params, state, _ = step(params, state)

@@ -37,7 +37,7 @@ EXPECTED_KEYS = {
     "pal": {"pal/pal_learning_rate", "pal/pal_step_length",
             "pal/info.curvature", "pal/info.case"},
     "labpal": {"labpal/labpal_learning_rate", "labpal/labpal_step_length",
-               "labpal/updates_done", "labpal/pending",
+               "labpal/updates_done", "labpal/pending", "labpal/retries",
                "labpal/info.raw_step", "labpal/info.status"},
     "adas": {"adas/epoch", "adas/layer_lr", "adas/fc_lr", "adas/init_lr",
              "adas/gain", "adas/input_gain", "adas/output_gain",

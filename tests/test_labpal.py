@@ -16,6 +16,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optax_adaptive
+import optax_adaptive as oa
 from optax_adaptive._flax_utils import nnx_value_fn
 from optax_adaptive._labpal import (
     LABPAL_STATUS_FIT_FAILED,
@@ -488,7 +489,8 @@ def test_bad_approx_batch():
         (dict(avg_window=0), ValueError, "avg_window"),
         (dict(avg_window=2.5), TypeError, "avg_window"),
         (dict(approx_batches=0), ValueError, "approx_batches"),
-        (dict(measure_step=0.0), ValueError, "measure_step"),
+        (dict(measuring_step=0.0), ValueError, "measuring_step"),
+        (dict(cap="growing"), ValueError, "cap"),
         (dict(fd_step=0.1), ValueError, "fd_step"),
         (dict(update_step_adaptation=0.0), ValueError,
          "update_step_adaptation"),
@@ -535,8 +537,8 @@ def test_eval_shape_init_and_inject_hyperparams():
   grad = jax.grad(loss)(params)
   kw = dict(grad=grad, value_fn=loss, approx_batch=_NO_DATA)
   injected = optax.inject_hyperparams(
-      labpal, static_args=("avg_window", "momentum"))(measure_step=0.02)
-  plain = labpal(measure_step=0.02)
+      labpal, static_args=("avg_window", "momentum"))(measuring_step=0.02)
+  plain = labpal(measuring_step=0.02)
   u1, s1 = injected.update(grad, injected.init(params), params, **kw)
   u2, s2 = plain.update(grad, plain.init(params), params, **kw)
   assert_trees_all_close(u1, u2, rtol=1e-6)
@@ -670,3 +672,297 @@ def test_status_is_a_value_of_the_public_enum():
   state = labpal().init(jnp.zeros(2))
   assert state.info.status.dtype == jnp.int32
   assert status(int(state.info.status)) is status.NONE
+
+
+# ------------------------------------- data keywords of value_fn (optax)
+
+
+def _xy_loss(params, x, y):
+  return jnp.mean((x @ params - y) ** 2)
+
+
+def _xy_update(tx, **kwargs):
+  xs = jnp.ones((10, 4, 2))
+  params = jnp.array([0.5, -0.5])
+  grad = jax.grad(_xy_loss)(params, xs[0], xs[0, :, 0])
+  return tx.update(grad, tx.init(params), params, grad=grad,
+                   value_fn=_xy_loss, **kwargs)
+
+
+def test_unconsumed_keyword_is_an_error():
+  """A misspelt data keyword is rejected, as optax's line searches do."""
+  xs, ys = jnp.ones((10, 4, 2)), jnp.ones((10, 4))
+  with pytest.raises(TypeError, match=r"\['yy'\].*value_fn\(params, x, y\)"):
+    _xy_update(labpal(), approx_batch={"x": xs}, yy=ys)
+
+
+def test_missing_data_keyword_is_named():
+  with pytest.raises(TypeError,
+                     match=r"\['x', 'y'\].*passed to `update` by name"):
+    _xy_update(labpal(), approx_batch={})
+  with pytest.raises(TypeError, match=r"\['y'\].*`approx_batch`"):
+    _xy_update(labpal(), approx_batch={"x": jnp.ones((10, 4, 2))})
+  # Shared keywords and per-batch keys together are complete.
+  updates, _ = _xy_update(labpal(), approx_batch={"x": jnp.ones((10, 4, 2))},
+                          y=jnp.ones(4))
+  assert_tree_all_finite(updates)
+
+
+# --------------------------------- the direction is the incoming updates
+
+
+def test_zeroed_updates_before_labpal_do_not_move():
+  """chain(scale(0), labpal): a zero direction is rejected (norm guard)."""
+  params = jnp.array([1.0, -0.5])
+  plain, _ = _step(labpal(), _square, params)
+  assert not np.allclose(plain, params)
+  zeroed, state = _step(optax.chain(optax.scale(0.0), scale_by_labpal()),
+                        _square, params)
+  assert_trees_all_equal(zeroed, params)
+  assert int(state[1].info.status) == LABPAL_STATUS_RETRY
+
+
+def test_weight_decay_before_labpal_sets_the_direction(x64):
+  """d = g + w θ from add_decayed_weights; the line is θ - t d/||d||.
+
+  value_fn is the undecayed quadratic ½ θᵀHθ, H = diag(1, 4); with the
+  exact fit, α = 1 and no cap the step is that loss's minimum along û.
+  """
+  del x64
+  hess = jnp.array([1.0, 4.0])
+  loss = lambda x: 0.5 * jnp.sum(hess * x**2)
+  x0 = jnp.array([1.0, 1.0])
+  tx = optax.chain(
+      optax.add_decayed_weights(1.0),
+      labpal(fit="exact", update_step_adaptation=1.0, max_step=np.inf))
+  new, state = _step(tx, loss, x0)
+  d = np.array([1.0 + 1.0, 4.0 + 1.0])  # g + w θ
+  unit = d / np.linalg.norm(d)
+  step = np.dot(np.array([1.0, 4.0]), unit) / np.dot(np.array(hess) * unit,
+                                                      unit)
+  np.testing.assert_allclose(new, x0 - step * unit, rtol=1e-9)
+  np.testing.assert_allclose(state[1].labpal_learning_rate,
+                             step / np.linalg.norm(d), rtol=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["sgd", "nsgd"])
+def test_clipping_before_labpal_takes_effect(mode):
+  """Training steps use the clipped updates: -λ̄ c or -s̄ c/||c||."""
+  tx = optax.chain(optax.clip(1.0), labpal(mode=mode, reuse_steps=100))
+  state = tx.init(jnp.zeros(2))
+  state = (state[0], state[1]._replace(
+      pending=jnp.zeros_like(state[1].pending),
+      have_estimate=jnp.array(True),
+      labpal_step_length=jnp.array(0.5), labpal_learning_rate=jnp.array(0.1),
+      updates_done=jnp.array(7, jnp.int32)))
+  grad = jnp.array([3.0, 0.5])
+  clipped = np.array([1.0, 0.5])
+  updates, _ = tx.update(grad, state, jnp.zeros(2), grad=grad,
+                         value_fn=_square, approx_batch=_NO_DATA)
+  expected = (-0.1 * clipped if mode == "sgd"
+              else -0.5 * clipped / np.linalg.norm(clipped))
+  np.testing.assert_allclose(updates, expected, rtol=1e-6)
+
+
+# ------------------------------------------------- measuring_step (μ) name
+
+
+def test_measuring_step_is_the_name_and_measure_step_is_deprecated(x64):
+  """PAL's name `measuring_step`; LABPAL's old `measure_step` still works."""
+  del x64
+  new, state = _step(labpal(measuring_step=0.02), _square, jnp.array([3.0]))
+  with pytest.warns(DeprecationWarning, match="measuring_step"):
+    old_tx = labpal(measure_step=0.02)
+  old, old_state = _step(old_tx, _square, jnp.array([3.0]))
+  assert_trees_all_equal((old, old_state), (new, state))
+  np.testing.assert_allclose(state.info.value_mu, (3.0 - 0.02) ** 2,
+                             rtol=1e-12)
+  with pytest.raises(TypeError, match=r"measure_step.*measuring_step"):
+    labpal(measuring_step=0.02, measure_step=0.02)
+
+
+# ------------------------------------------------ low-precision params
+
+
+def _least_squares_run(dtype, steps=20, **kwargs):
+  """params zeros(3) in `dtype`, loss in float32, 4 approximation batches,
+  the step's own batch fixed (the first of them)."""
+  rng = np.random.default_rng(0)
+  xs = jnp.asarray(rng.normal(size=(4, 16, 3)), jnp.float32)
+  ys = xs @ jnp.array([1.0, -2.0, 0.5])
+  loss = lambda p, x, y: jnp.mean((x @ p.astype(jnp.float32) - y) ** 2)
+  tx = labpal(approx_batches=4, **kwargs)
+
+  @jax.jit
+  def step(params, state):
+    value, grad = jax.value_and_grad(loss)(params, xs[0], ys[0])
+    updates, state = tx.update(grad, state, params, value=value, grad=grad,
+                               value_fn=loss,
+                               approx_batch={"x": xs, "y": ys})
+    return optax.apply_updates(params, updates), state
+
+  params = jnp.zeros(3, dtype)
+  state = tx.init(params)
+  start = float(loss(params, xs[0], ys[0]))
+  for _ in range(steps):
+    params, state = step(params, state)
+  return params, state, start, float(loss(params, xs[0], ys[0]))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+def test_low_precision_params_train_at_defaults(dtype):
+  """The line is probed in float32: bf16 cannot represent θ - h û."""
+  params, state, start, end = _least_squares_run(dtype)
+  assert params.dtype == dtype
+  assert int(state.info.status) == LABPAL_STATUS_OK
+  assert int(state.updates_done) == 19
+  assert end < 0.5 * start
+  assert int(oa.diagnostics(state)["labpal/retries"]) == 0
+
+
+def test_retries_are_counted_in_diagnostics():
+  """A run that keeps retrying shows it: `labpal/retries` counts the
+  consecutive calls without a weight update; a move resets it."""
+  tx = labpal()
+  params = jnp.array([0.0, 0.0])  # g = 0: the direction guard rejects
+  state = None
+  for calls in range(1, 4):
+    params, state = _step(tx, _square, params, state)
+    assert int(oa.diagnostics(state)["labpal/retries"]) == calls
+    assert int(state.updates_done) == -1
+  _, state = _step(tx, _square, jnp.array([0.3, -0.2]), state)
+  assert int(oa.diagnostics(state)["labpal/retries"]) == 0
+  assert int(state.updates_done) == 0
+
+
+@pytest.mark.parametrize("cap", ["fixed", "reference"])
+def test_diagnostics_are_numbers_a_logger_takes(cap):
+  """No booleans (np.round rejects them) and no empty arrays."""
+  tx = labpal() if cap == "fixed" else labpal(cap=cap)
+  state = tx.init(jnp.zeros(2))
+  for _ in range(2):
+    out = oa.diagnostics(state)
+    assert "labpal/pending" in out
+    assert ("labpal/cap_scale" in out) == (cap == "reference")
+    for key, value in out.items():
+      value = np.asarray(value)
+      assert value.dtype != np.bool_ and value.size > 0, key
+      np.round(value, 4)
+    _, state = _step(tx, _square, jnp.array([0.3, 0.1]), state)
+
+
+# ---------------------------------------- the reference's growing cap
+
+
+def _raw_steps(tx, measurements, x0=3.0):
+  """info.raw_step and cap_scale of repeated measurements from x0 on x²."""
+  state, out = None, []
+  for _ in range(measurements):
+    _, state = _step(tx, _square, jnp.array([x0]), state, force_measure=True)
+    out.append((float(state.info.raw_step), float(state.cap_scale)))
+  return out
+
+
+def test_reference_cap_grows_by_alpha_per_binding_measurement(x64):
+  """The authors' code rescales its cap tensor in place when it binds.
+
+  x² from x0 = 3: s_ref = 2·3 - h = 5.999823 every time. With s_max = 1 and
+  α = 1.8 the cap binds while s_max·1.8^j < 5.999823, so the raw steps are
+  1.8, 3.24, 5.832, 10.4976 and then α·s_ref = 10.7996814 (cap 10.4976).
+  """
+  del x64
+  steps = _raw_steps(labpal(cap="reference"), 5)
+  np.testing.assert_allclose(
+      steps,
+      [(1.8, 1.8), (3.24, 3.24), (5.832, 5.832), (10.4976, 10.4976),
+       (1.8 * 5.999823, 10.4976)], rtol=1e-7)
+
+
+def test_reference_cap_shrinks_with_alpha_below_one(x64):
+  del x64
+  steps = _raw_steps(labpal(cap="reference", update_step_adaptation=0.5), 3)
+  np.testing.assert_allclose(steps, [(0.5, 0.5), (0.25, 0.25),
+                                     (0.125, 0.125)], rtol=1e-12)
+
+
+def test_fixed_cap_is_the_default_and_stays(x64):
+  del x64
+  tx = labpal()
+  assert tx.init(jnp.zeros(1)).cap_scale is None
+  state = None
+  for _ in range(3):
+    _, state = _step(tx, _square, jnp.array([3.0]), state, force_measure=True)
+    np.testing.assert_allclose(state.info.raw_step, 1.8, rtol=1e-12)
+
+
+# ------------------------------------ float64 against NumPy (x64)
+
+
+def _numpy_labpal(xs, ys, theta, calls, *, reuse, untrusted, h=1.77e-4,
+                  mu=0.01, alpha=1.8, max_step=1.0, eps=1e-6):
+  """LABPAL (NSGD, reference fit) written out in NumPy float64."""
+  loss = lambda p, x, y: np.mean((x @ p - y) ** 2)
+  done, since, pending, s_bar, hist = -1, 0, True, None, []
+  for call in range(calls):
+    x, y = xs[call % len(xs)], ys[call % len(xs)]
+    grad = 2 * x.T @ (x @ theta - y) / len(y)
+    norm = np.linalg.norm(grad)
+    unit = grad / norm
+    if pending:
+      approx = [(np.roll(xs, -call, 0)[m], np.roll(ys, -call, 0)[m])
+                for m in range(len(xs))]
+      losses = np.array([[loss(theta - t * unit, bx, by)
+                          for t in (0.0, h, mu)] for bx, by in approx])
+      d_h = np.mean(losses[:, 1] - losses[:, 0])
+      d_mu = np.mean(losses[:, 2] - losses[:, 0])
+      curv = ((d_mu - d_h) / (mu - h) - d_h / h) / mu
+      a, b = curv / 2, d_h / h  # np.gradient twice over [0, h, μ]
+      assert a > 0 > b
+      raw = max(alpha * min(-b / (2 * a), max_step), eps)
+      if done > untrusted:
+        hist.append(raw)
+        s_bar = np.mean(hist)
+      else:
+        s_bar = raw
+      theta = theta - s_bar * unit
+      since = 0
+    else:
+      theta = theta - s_bar * unit
+      since += 1
+    done += 1
+    pending = since >= reuse - 1 or done == untrusted + 1
+  return theta, s_bar
+
+
+def test_float64_matches_numpy(x64):
+  """Measurements, averaging and NSGD steps in float64 (no float32 state)."""
+  del x64
+  rng = np.random.default_rng(5)
+  xs = rng.normal(size=(4, 16, 3))
+  ys = xs @ np.array([1.0, -2.0, 0.5]) + 0.3 * rng.normal(size=(4, 16))
+  theta0 = np.array([0.2, 0.1, -0.3])
+  tx = labpal(reuse_steps=3, untrusted_updates=1, approx_batches=4)
+  params = jnp.asarray(theta0)
+  state = tx.init(params)
+  for leaf in jax.tree.leaves(state):
+    if jnp.issubdtype(leaf.dtype, jnp.floating):
+      assert leaf.dtype == jnp.float64
+
+  jxs, jys = jnp.asarray(xs), jnp.asarray(ys)
+
+  @jax.jit
+  def step(params, state, call):
+    grad = jax.grad(_linreg_loss)(params, jxs[call % 4], jys[call % 4])
+    updates, state = tx.update(
+        grad, state, params, grad=grad, value_fn=_linreg_loss,
+        approx_batch={"x": jnp.roll(jxs, -call, 0),
+                      "y": jnp.roll(jys, -call, 0)})
+    return optax.apply_updates(params, updates), state
+
+  for call in range(9):
+    params, state = step(params, state, call)
+  theta, s_bar = _numpy_labpal(xs, ys, theta0, 9, reuse=3, untrusted=1)
+  assert params.dtype == jnp.float64
+  assert int(state.hist_count) == 2
+  np.testing.assert_allclose(params, theta, rtol=1e-9)
+  np.testing.assert_allclose(state.labpal_step_length, s_bar, rtol=1e-9)

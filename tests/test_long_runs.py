@@ -100,7 +100,7 @@ CASES = [
     Case("labpal", lambda: oa.labpal(mode="sgd", approx_batches=2,
                                      reuse_steps=500, untrusted_updates=2000,
                                      fit="exact", fd_step=1e-2,
-                                     measure_step=0.1,
+                                     measuring_step=0.1,
                                      update_step_adaptation=1.0),
          _labpal_kwargs),
 ]

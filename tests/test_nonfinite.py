@@ -58,7 +58,7 @@ class Case:
 
 
 _LABPAL_KW = dict(approx_batches=2, reuse_steps=2, untrusted_updates=0,
-                  fit="exact", fd_step=1e-2, measure_step=0.1)
+                  fit="exact", fd_step=1e-2, measuring_step=0.1)
 
 CASES = [
     Case("cprop", lambda: oa.cprop(optax.sgd(0.1, momentum=0.9))),

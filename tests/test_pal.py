@@ -265,7 +265,7 @@ def test_momentum_is_heavy_ball_trace():
   assert_trees_all_equal(results[0], results[1])
 
 
-def test_data_kwargs_routed_by_name_and_junk_ignored_without_recompile():
+def test_data_kwargs_routed_by_name_without_recompile():
   loss = lambda p, x, y: jnp.mean((x @ p - y) ** 2)
   tx = pal()
   x, y = jnp.ones((4, 2)), jnp.arange(4.0)
@@ -275,7 +275,7 @@ def test_data_kwargs_routed_by_name_and_junk_ignored_without_recompile():
   def step(params, state):
     value, grad = jax.value_and_grad(loss)(params, x, y)
     return tx.update(grad, state, params, value=value, grad=grad,
-                     value_fn=loss, x=x, y=y, junk_argument_nobody_uses=1)
+                     value_fn=loss, x=x, y=y)
 
   state = tx.init(params)
   updates, state = step(params, state)
@@ -284,6 +284,35 @@ def test_data_kwargs_routed_by_name_and_junk_ignored_without_recompile():
   assert not compiles
   assert float(loss(optax.apply_updates(params, updates), x, y)) < float(
       loss(params, x, y))
+
+
+def _xy_loss(params, x, y):
+  return jnp.mean((x @ params - y) ** 2)
+
+
+@pytest.mark.parametrize("tx", [pal(), scale_by_pal()], ids=["pal",
+                                                            "scale_by_pal"])
+def test_unconsumed_keyword_is_an_error(tx):
+  """A misspelt data keyword is rejected, as optax's line searches do."""
+  x, y = jnp.ones((4, 2)), jnp.arange(4.0)
+  params = jnp.zeros(2)
+  value, grad = jax.value_and_grad(_xy_loss)(params, x, y)
+  with pytest.raises(TypeError, match=r"\['yy'\].*value_fn\(params, x, y\)"):
+    tx.update(grad, tx.init(params), params, value=value, grad=grad,
+              value_fn=_xy_loss, x=x, yy=y)
+
+
+def test_missing_data_keyword_is_named():
+  params = jnp.zeros(2)
+  tx = pal()
+  with pytest.raises(TypeError,
+                     match=r"\['x', 'y'\].*passed to `update` by name"):
+    tx.update(params, tx.init(params), params, value=jnp.array(1.0),
+              grad=params, value_fn=_xy_loss)
+  # A parameter with a default may be left out.
+  loss = lambda p, x, scale=2.0: scale * jnp.sum((x * p) ** 2)
+  tx.update(params, tx.init(params), params, value=jnp.array(0.0),
+            grad=params, value_fn=loss, x=jnp.ones(2))
 
 
 def test_chains_with_optax_line_search():
@@ -323,6 +352,55 @@ def test_bf16_params_keep_dtype_and_f32_stats():
   assert updates["w"].dtype == jnp.bfloat16
   assert _pal_state(state).pal_learning_rate.dtype == jnp.float32
   assert_tree_all_finite(updates)
+
+
+def _numpy_pal(xs, ys, theta, *, mu=1.0, alpha=1 / 0.6, max_step=3.16,
+               beta=0.4):
+  """pal() at its defaults written out in NumPy float64, one batch a step."""
+  loss = lambda p, x, y: np.mean((x @ p - y) ** 2)
+  buf = np.zeros_like(theta)
+  for x, y in zip(xs, ys):
+    grad = 2 * x.T @ (x @ theta - y) / len(y)
+    buf = beta * buf + grad  # optax.trace
+    unit = -buf / np.linalg.norm(buf)
+    slope = grad @ unit
+    value, value_mu = loss(theta, x, y), loss(theta + mu * unit, x, y)
+    curv = (value_mu - value - slope * mu) / mu**2
+    assert curv > 0 > slope
+    step = min(alpha * -slope / (2 * curv), max_step)
+    theta = theta + step * unit
+  return theta, step / np.linalg.norm(buf)
+
+
+def test_float64_matches_numpy(x64):
+  """All scalar state and arithmetic in float64 for float64 params."""
+  del x64
+  rng = np.random.default_rng(2)
+  xs = rng.normal(size=(6, 16, 3))
+  ys = xs @ np.array([1.0, -2.0, 0.5]) + 0.3 * rng.normal(size=(6, 16))
+  theta0 = np.array([0.2, 0.1, -0.3])
+  loss = lambda p, x, y: jnp.mean((x @ p - y) ** 2)
+  tx = pal()
+  params = jnp.asarray(theta0)
+  state = tx.init(params)
+  for leaf in jax.tree.leaves(state):
+    if jnp.issubdtype(leaf.dtype, jnp.floating):
+      assert leaf.dtype == jnp.float64
+  step = jax.jit(lambda p, s, x, y: _step_with(tx, loss, p, s, x=x, y=y))
+  for x, y in zip(xs, ys):
+    params, state = step(params, state, x, y)
+  theta, lr = _numpy_pal(xs, ys, theta0)
+  assert params.dtype == jnp.float64
+  np.testing.assert_allclose(params, theta, rtol=1e-12)
+  np.testing.assert_allclose(_pal_state(state).pal_learning_rate, lr,
+                             rtol=1e-12)
+
+
+def _step_with(tx, loss, params, state, **data):
+  value, grad = jax.value_and_grad(loss)(params, **data)
+  updates, state = tx.update(grad, state, params, value=value, grad=grad,
+                             value_fn=loss, **data)
+  return optax.apply_updates(params, updates), state
 
 
 def test_state_types_stable_and_eval_shape_init():

@@ -669,7 +669,7 @@ def _labpal_build(hyper, static):
       mode=static["mode"], fit=static["fit"], momentum=static["momentum"],
       approx_batches=2, avg_window=static["avg_window"],
       reuse_steps=hyper["reuse_steps"],
-      untrusted_updates=hyper["untrusted"], measure_step=hyper["mu"],
+      untrusted_updates=hyper["untrusted"], measuring_step=hyper["mu"],
       fd_step=hyper["h"], update_step_adaptation=hyper["alpha"],
       max_step=hyper["max_step"], eps=hyper["eps"],
       norm_bounds=(hyper["low"], hyper["high"]))

@@ -134,7 +134,7 @@ for _name in ("labpal", "scale_by_labpal"):
   NUMERIC.update({
       (_name, "reuse_steps"): Row(0, ">= 1", "count"),
       (_name, "approx_batches"): Row(0, ">= 1", "count"),
-      (_name, "measure_step"): Row(0.0, _POS),
+      (_name, "measuring_step"): Row(0.0, _POS),
       (_name, "fd_step"): Row(-1e-4, _POS),
       (_name, "update_step_adaptation"): Row(0.0, _POS),
       (_name, "max_step"): Row(0.0, _POS),
@@ -157,12 +157,16 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("labpal", "fit"): ("reference", "exact"),
     ("scale_by_labpal", "mode"): ("nsgd", "sgd"),
     ("scale_by_labpal", "fit"): ("reference", "exact"),
+    ("labpal", "cap"): ("fixed", "reference"),
+    ("scale_by_labpal", "cap"): ("fixed", "reference"),
     ("knowledge_gain", "solver"): ("brent_ref", "golden_log"),
     ("knowledge_gain", "spectrum"): ("gram", "svd"),
 }
 
 _FLAG = "a bool flag: any value is read as true or false"
 _AXIS = "a mapped axis name, checked by jax where it is used"
+_RENAMED = ("the deprecated name of measuring_step, checked as that:"
+            " test_labpal.py::test_measuring_step_is_the_name_*")
 OTHER: dict[tuple[str, str], str] = {
     ("cprop", "inner"): "a transformation: test_cprop_inner_type",
     ("cprop_sgd", "nesterov"): _FLAG,
@@ -189,6 +193,8 @@ OTHER: dict[tuple[str, str], str] = {
     ("labpal", "axis_name"): "str or None: test_axis_name",
     ("scale_by_labpal", "norm_bounds"): "a pair: test_norm_bounds",
     ("scale_by_labpal", "axis_name"): "str or None: test_axis_name",
+    ("labpal", "measure_step"): _RENAMED,
+    ("scale_by_labpal", "measure_step"): _RENAMED,
     ("knowledge_gain", "kernel"): "the input array: test_knowledge_gain_kernel",
     ("knowledge_gain", "transpose_tall"): _FLAG,
 }
@@ -358,9 +364,9 @@ def test_norm_bounds():
       _call(name, norm_bounds=(1e-3, "100"))
 
 
-def test_labpal_fd_step_below_measure_step():
-  with pytest.raises(ValueError, match=r"`fd_step`.*`measure_step`"):
-    oa.labpal(fd_step=0.1, measure_step=0.01)
+def test_labpal_fd_step_below_measuring_step():
+  with pytest.raises(ValueError, match=r"`fd_step`.*`measuring_step`"):
+    oa.labpal(fd_step=0.1, measuring_step=0.01)
 
 
 def test_knowledge_gain_kernel():
