@@ -1,10 +1,13 @@
-"""Small Flax nnx models used by the benchmarks, the examples and the tests.
+"""Flax nnx models used by the benchmarks, the examples and the tests.
 
-The convolutions are :class:`Conv`, a drop-in for ``nnx.Conv`` with ``SAME``
-padding (same parameter names, shapes and initialisation, same outputs) that
-lowers to one matmul over extracted patches. XLA's CPU convolution is about
-10x slower inside ``lax.scan``/``while`` loops than outside them; the matmul
-form is fast in both, which keeps the benchmark's scanned epochs fast on CPU.
+The small models' convolutions are :class:`Conv`, a drop-in for
+``nnx.Conv`` with ``SAME`` padding (same parameter names, shapes and
+initialisation, same outputs) that lowers to one matmul over extracted
+patches. XLA's CPU convolution is about 10x slower inside
+``lax.scan``/``while`` loops than outside them; the matmul form is fast in
+both, which keeps the benchmark's scanned epochs fast on CPU. The realistic
+models of ``benchmarks.gpu_suite`` (:class:`ResNet`, :class:`GPT`) use
+``nnx.Conv`` and ``nnx.Linear`` as a GPU user would.
 """
 
 from __future__ import annotations
