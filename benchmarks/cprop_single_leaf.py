@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,18 +41,23 @@ import optax_adaptive as oa
 from benchmarks import _timing
 
 
-def ratios(n: int, rounds: int = 9) -> dict[str, float]:
-  """Milliseconds per update of each optimizer on one leaf of ``n`` floats."""
+def closures(n: int) -> dict[str, Callable[[], Any]]:
+  """One update per call of each optimizer on one leaf of ``n`` floats
+  (:func:`benchmarks._timing.update_closure`)."""
   params = {"w": jax.random.normal(jax.random.key(0), (n,), jnp.float32)}
   grads = {"w": jax.random.normal(jax.random.key(1), (n,), jnp.float32)}
-  fns = {
+  return {
       "adam": _timing.update_closure(optax.adam(1e-3), params, grads),
       "cprop_adam": _timing.update_closure(oa.cprop_adam(1e-3), params,
                                            grads),
       "cprop(adam)": _timing.update_closure(oa.cprop(optax.adam(1e-3)),
                                             params, grads),
   }
-  return _timing.interleaved_ms(fns, rounds=rounds, min_round_s=0.1)
+
+
+def ratios(n: int, rounds: int = 9) -> dict[str, float]:
+  """Milliseconds per update of each optimizer on one leaf of ``n`` floats."""
+  return _timing.interleaved_ms(closures(n), rounds=rounds, min_round_s=0.1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -235,3 +235,164 @@ def test_cprop_passes_table_and_one_loop_adam_matches_optax():
   assert passes["optax.adam"] >= 6
   assert passes["cprop_adam"] >= passes["optax.adam"] + 2
   assert passes["cprop(optax.adam)"] >= passes["optax.adam"] + 4
+
+
+_HLO_WITH_CONTROL_FLOW = """\
+HloModule m, entry_computation_layout={(f32[4]{0})->f32[4]{0}}
+
+%fused (p: f32[4]) -> f32[4] {
+  %p = f32[4]{0} parameter(0)
+  ROOT %n = f32[4]{0} negate(%p)
+}
+
+%cond (c: (s32[], f32[4])) -> pred[] {
+  %c = (s32[], f32[4]{0}) parameter(0)
+  %i = s32[] get-tuple-element(%c), index=0
+  %k = s32[] constant(3)
+  ROOT %lt = pred[] compare(%i, %k), direction=LT
+}
+
+%body (b: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %b = (s32[], f32[4]{0}) parameter(0)
+  %i = s32[] get-tuple-element(%b), index=0
+  %x = f32[4]{0} get-tuple-element(%b), index=1
+  %one = s32[] constant(1)
+  %i2 = s32[] add(%i, %one)
+  %x2 = f32[4]{0} fusion(%x), kind=kLoop, calls=%fused
+  ROOT %t = (s32[], f32[4]{0}) tuple(%i2, %x2)
+}
+
+%y (a: f32[4]) -> f32[4] {
+  %a = f32[4]{0} parameter(0)
+  ROOT %f = f32[4]{0} fusion(%a), kind=kLoop, calls=%fused
+}
+
+%n (e: f32[4]) -> f32[4] {
+  ROOT %e = f32[4]{0} parameter(0)
+}
+
+ENTRY %main (x: f32[4]) -> f32[4] {
+  %x = f32[4]{0} parameter(0)
+  %f = f32[4]{0} fusion(%x), kind=kLoop, calls=%fused
+  %cc = f32[4]{0} custom-call(%f), custom_call_target="foo"
+  %zero = s32[] constant(0)
+  %init = (s32[], f32[4]{0}) tuple(%zero, %cc)
+  %w = (s32[], f32[4]{0}) while(%init), condition=%cond, body=%body
+  %v = f32[4]{0} get-tuple-element(%w), index=1
+  %p = pred[] constant(true)
+  %c = f32[4] conditional(%p, %v, %v), true_computation=%y, false_computation=%n
+  %j = s32[] constant(1)
+  %s = f32[4]{0} conditional(%j, %c, %c), branch_computations={%n, %y}
+  ROOT %r = f32[4]{0} call(%s), to_apply=%y
+}
+"""
+
+
+def test_gpu_suite_counts_kernels_through_control_flow():
+  from benchmarks import gpu_suite
+
+  # Entry: fusion, custom-call; loop: compare, add, fusion; the two
+  # conditionals and the call: one fusion each. Fused computations count
+  # as their fusion, free instructions not at all.
+  assert gpu_suite.count_kernels(_HLO_WITH_CONTROL_FLOW) == {
+      "kernels": 8, "while": 1, "conditional": 2}
+
+
+def _records(path):
+  return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_gpu_suite_writes_each_group_at_once_and_keeps_to_its_budget(
+    tmp_path, monkeypatch):
+  from benchmarks import gpu_suite
+
+  def interrupted():
+    raise KeyboardInterrupt  # a time limit stops the run here
+
+  fake = [
+      gpu_suite.Group("s", "first", 0.0, lambda: [{"row": 1}]),
+      gpu_suite.Group("s", "too long", 1e9, lambda: [{"row": 2}]),
+      gpu_suite.Group("s", "stopped", 0.0, interrupted),
+  ]
+  monkeypatch.setattr(gpu_suite, "groups", lambda sections, quick: fake)
+  out = tmp_path / "suite.jsonl"
+  with pytest.raises(KeyboardInterrupt):
+    gpu_suite.main(["--out", str(out), "--sections", "gpt"])
+  records = _records(out)
+  assert records[0]["header"] == "benchmarks.gpu_suite"
+  assert records[1] == {"row": 1}
+  assert records[2]["group"] == "first" and records[2]["wall_s"] >= 0
+  assert records[3]["group"] == "too long"
+  assert records[3]["skipped"].startswith("budget:")
+  assert len(records) == 4  # nothing of the interrupted group, no end
+
+
+def _check_suite_rows(records, sections):
+  header = records[0]
+  assert header["platform"] == jax.devices()[0].platform
+  assert header["jax"] == jax.__version__ and header["jaxlib"]
+  assert header["driver"] and header["device_kind"]
+  assert records[-1]["end"] is True
+  assert not [r for r in records if "error" in r or "skipped" in r]
+  rows = [r for r in records if "ratio" in r]
+  assert {r["section"] for r in rows} == set(sections)
+  for r in rows:
+    assert np.isfinite(r["ratio"]) and r["ratio"] > 0, r
+    assert r["time_ms"] > 0 and r["base_ms"] > 0, r
+  return rows
+
+
+def _check_model_rows(rows, section, methods):
+  from benchmarks import gpu_suite
+
+  rows = [r for r in rows if r["section"] == section]
+  assert {r["method"] for r in rows} == methods
+  by_case = {(r["method"], r["case"].split(",")[0]): r for r in rows}
+  for r in rows:
+    assert r["kernels"] > 0 and r["base_kernels"] > 0, r
+  # CProp's statistics are work on top of the base optimizer's.
+  assert by_case["cprop", "train step"]["kernels"] > (
+      by_case["cprop", "train step"]["base_kernels"])
+  # AutoDrop's window end and LABPAL's measurement run inside loops.
+  assert by_case["autodrop", "train step"]["loops"] >= 1
+  assert by_case["labpal", "training step (1 FB)"]["loops"] >= 1
+  targets = {r["target"] for r in rows if r["target"] is not None}
+  assert targets == {gpu_suite.TRAIN_STEP_TARGET, gpu_suite.PAL_TARGET}
+
+
+def test_gpu_suite_quick_runs_every_method_on_the_resnet(tmp_path):
+  from benchmarks import gpu_suite
+
+  out = tmp_path / "suite.jsonl"
+  gpu_suite.main(["--quick", "--sections", "resnet18,single_leaf", "--out",
+                  str(out)])
+  records = _records(out)
+  rows = _check_suite_rows(records, ["resnet18", "single_leaf"])
+  _check_model_rows(rows, "resnet18",
+                    {"adam", "sgd", "cprop", "autodrop", "adas", "pal",
+                     "labpal"})
+  adas = [r for r in rows if r["method"] == "adas"]
+  assert [r["case"].split(",")[0] for r in adas] == [
+      "train step", "epoch end alone (in SGD steps)",
+      "epoch of 195 steps with its end"]
+  leaf = [r["case"] for r in rows if r["section"] == "single_leaf"]
+  assert leaf == ["update, cprop_adam, one leaf of 10,000 floats",
+                  "update, cprop(adam), one leaf of 10,000 floats"]
+  compiled = [r for r in records if r.get("info") == "compiled"]
+  assert set(compiled[0]["compile_s"]) | set(compiled[1]["compile_s"]) == {
+      "adam", "cprop_adam", "sgd", "cprop(sgd)", "autodrop", "pal", "labpal",
+      "adas", "adas end"}
+  table = gpu_suite.report(records)
+  assert "| cprop | train step, cprop_adam, ResNet-18 (tiny)" in table
+  assert "| resnet18 | labpal | training step (1 FB)" in table
+
+
+@pytest.mark.slow
+def test_gpu_suite_quick_runs_every_method_on_the_transformer(tmp_path):
+  from benchmarks import gpu_suite
+
+  out = tmp_path / "suite.jsonl"
+  gpu_suite.main(["--quick", "--sections", "gpt", "--out", str(out)])
+  rows = _check_suite_rows(_records(out), ["gpt"])
+  _check_model_rows(rows, "gpt",
+                    {"adam", "sgd", "cprop", "autodrop", "pal", "labpal"})
