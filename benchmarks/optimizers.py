@@ -371,6 +371,57 @@ _SPECS = [
         requires=(("_cprop", "cprop_sgd"), ("_autodrop", "autodrop"))),
 ]
 
+# ---------------------------------------- on learning-rate-free optimizers
+# Issue 19: our methods composed with optax's learning-rate-free optimizers,
+# at everyone's defaults, exactly as a user writes them. AutoDrop goes last
+# in the chain and scales the final update; CProp wraps the inner optimizer.
+
+
+def _trace_lr_free_combo(state: State) -> dict[str, jax.Array]:
+  """The inner optimizer's estimate ``d`` (times its lr of 1), our scales.
+
+  ``effective_lr`` is ``d`` times AutoDrop's ``lr_scale`` where there is one:
+  the step size that reaches the params, up to Adam-style normalisation.
+  """
+  out = {**_trace_estim_lr(state), **_trace_library(state)}
+  if "autodrop/lr_scale" in out:
+    out["effective_lr"] = out["learning_rate"] * out["autodrop/lr_scale"]
+  return out
+
+
+def _combo(name: str, make: Factory, description: str,
+           requires: tuple[tuple[str, str], ...]) -> OptimizerSpec:
+  return OptimizerSpec(name, "library", make, description,
+                       trace=_trace_lr_free_combo, requires=requires)
+
+
+_AUTODROP = (("_autodrop", "autodrop"),)
+_CPROP = (("_cprop", "cprop"),)
+
+_SPECS += [
+    _combo("autodrop-prodigy",
+           lambda spe, total: optax.chain(contrib.prodigy(), _autodrop(spe)),
+           "chain(prodigy(), autodrop(window = "
+           f"{AUTODROP_WINDOW_FRACTION:.3f} epoch)), both at defaults",
+           _AUTODROP),
+    _combo("autodrop-dadapt-adamw",
+           lambda spe, total: optax.chain(contrib.dadapt_adamw(),
+                                          _autodrop(spe)),
+           "chain(dadapt_adamw(), autodrop as above), both at defaults",
+           _AUTODROP),
+    _combo("cprop-prodigy",
+           lambda spe, total: _lib("_cprop", "cprop")(contrib.prodigy()),
+           "cprop(prodigy()), both at defaults", _CPROP),
+    _combo("cprop-dadapt-adamw",
+           lambda spe, total: _lib("_cprop", "cprop")(contrib.dadapt_adamw()),
+           "cprop(dadapt_adamw()), both at defaults", _CPROP),
+    _combo("cprop-autodrop-prodigy",
+           lambda spe, total: optax.chain(
+               _lib("_cprop", "cprop")(contrib.prodigy()), _autodrop(spe)),
+           "chain(cprop(prodigy()), autodrop as above), all at defaults",
+           _CPROP + _AUTODROP),
+]
+
 REGISTRY: dict[str, OptimizerSpec] = {s.name: s for s in _SPECS}
 
 
