@@ -2,7 +2,8 @@
 
 Usage::
 
-  python -m benchmarks.compare                  # quick table, mnist1d
+  python -m benchmarks.compare                  # quick table, mnist1d, the
+                                                # quick set of optimizers
   python -m benchmarks.compare --full           # published table: all tasks,
                                                 # 5 seeds, 40 epochs
   python -m benchmarks.compare --task digits --optimizers sgd-step,adas
@@ -326,8 +327,9 @@ def _parse(argv):
   parser.add_argument("--task", default="mnist1d",
                       help="task name or 'all': "
                       f"{', '.join(task_registry.TASKS)}")
-  parser.add_argument("--optimizers", default="all",
-                      help="comma-separated names, or 'all'")
+  parser.add_argument("--optimizers", default=None,
+                      help="comma-separated names, or 'all' (default: the "
+                      "quick set; with --full, all)")
   parser.add_argument("--seeds", type=int, default=None,
                       help=f"seeds per optimizer (default {DEFAULT_SEEDS}, "
                       f"--full {FULL_SEEDS})")
@@ -349,20 +351,30 @@ def _parse(argv):
   return parser.parse_args(argv)
 
 
+def _optimizer_names(optimizers: str | None, *, full: bool) -> list[str]:
+  """``--optimizers``: names, ``'all'``, or (unset) the quick set."""
+  if optimizers is None:
+    optimizers = "all" if full else ",".join(opt_registry.QUICK)
+  if optimizers == "all":
+    return list(opt_registry.REGISTRY)
+  return [n.strip() for n in optimizers.split(",") if n.strip()]
+
+
 def main(argv=None) -> int:
   args = _parse(argv)
   if args.list:
     for spec in opt_registry.REGISTRY.values():
       reason = opt_registry.availability(spec)
       status = "ok" if reason is None else f"UNAVAILABLE ({reason})"
+      if not spec.quick:
+        status += ", not in the quick run"
       print(f"{spec.name:22s} {spec.family:9s} {status}\n"
             f"{'':32s} {spec.description}")
     return 0
   task_names = (list(task_registry.TASKS)
                 if args.full or args.task == "all" else args.task.split(","))
   tasks = [task_registry.get_task(t) for t in task_names]
-  names = (list(opt_registry.REGISTRY) if args.optimizers == "all"
-           else [n.strip() for n in args.optimizers.split(",") if n.strip()])
+  names = _optimizer_names(args.optimizers, full=args.full)
   for name in names:
     opt_registry.get(name)  # fail early on a typo
   seeds = args.seeds or (FULL_SEEDS if args.full else DEFAULT_SEEDS)

@@ -80,6 +80,9 @@ class OptimizerSpec:
     trace: ``state -> {name: scalar}`` read after every step for the plots.
     requires: ``(module, attribute)`` pairs of :mod:`optax_adaptive` that
       must import for the entry to be available.
+    quick: part of the default quick run (``python -m benchmarks.compare``
+      without ``--optimizers``); ``--full`` and ``--optimizers all`` run
+      every entry.
   """
 
   name: str
@@ -92,6 +95,7 @@ class OptimizerSpec:
   eval_params: Callable[[State, Any], Any] | None = None
   trace: Callable[[State], dict[str, jax.Array]] = _no_trace
   requires: tuple[tuple[str, str], ...] = ()
+  quick: bool = True
 
 
 # ------------------------------------------------------- state inspection
@@ -390,9 +394,11 @@ def _trace_lr_free_combo(state: State) -> dict[str, jax.Array]:
 
 
 def _combo(name: str, make: Factory, description: str,
-           requires: tuple[tuple[str, str], ...]) -> OptimizerSpec:
+           requires: tuple[tuple[str, str], ...], quick: bool = False
+           ) -> OptimizerSpec:
   return OptimizerSpec(name, "library", make, description,
-                       trace=_trace_lr_free_combo, requires=requires)
+                       trace=_trace_lr_free_combo, requires=requires,
+                       quick=quick)
 
 
 _AUTODROP = (("_autodrop", "autodrop"),)
@@ -423,6 +429,7 @@ _SPECS += [
 ]
 
 REGISTRY: dict[str, OptimizerSpec] = {s.name: s for s in _SPECS}
+QUICK: tuple[str, ...] = tuple(s.name for s in _SPECS if s.quick)
 
 
 def get(name: str) -> OptimizerSpec:

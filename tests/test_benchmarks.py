@@ -80,6 +80,19 @@ def test_report_rebuilds_the_table_from_stored_runs(tmp_path, tiny_digits):
   assert "| adam | baseline | skipped: 1/2 runs of 1 epochs" in table
 
 
+def test_quick_run_keeps_its_set_and_full_runs_every_entry():
+  quick = compare._optimizer_names(None, full=False)
+  assert quick == list(registry.QUICK)
+  assert "sgd-step" in quick and "prodigy" in quick
+  slow = [n for n, s in registry.REGISTRY.items() if not s.quick]
+  assert slow and not set(slow) & set(quick)
+  assert compare._optimizer_names(None, full=True) == list(registry.REGISTRY)
+  assert compare._optimizer_names("all", full=False) == list(
+      registry.REGISTRY)
+  assert compare._optimizer_names(" sgd, adam ,", full=True) == ["sgd",
+                                                                  "adam"]
+
+
 def test_training_is_deterministic_per_seed(tiny_digits):
   trainer = train.Trainer(tiny_digits, registry.get("sgd"), epochs=1)
   first, again, other = trainer.run(0), trainer.run(0), trainer.run(1)
