@@ -405,6 +405,14 @@ _AUTODROP = (("_autodrop", "autodrop"),)
 _CPROP = (("_cprop", "cprop"),)
 
 _SPECS += [
+    # The control: prodigy with the schedule its authors recommend (linear
+    # decay from 1 to 0 over the run, no warm-up), which needs the run length.
+    OptimizerSpec(
+        "prodigy-linear", "lr-free",
+        lambda spe, total: contrib.prodigy(
+            learning_rate=optax.linear_schedule(1.0, 0.0, total)),
+        "optax.contrib.prodigy, lr linear from 1 to 0 over the run",
+        trace=_trace_lr_free_combo, quick=False),
     _combo("autodrop-prodigy",
            lambda spe, total: optax.chain(contrib.prodigy(), _autodrop(spe)),
            "chain(prodigy(), autodrop(window = "
