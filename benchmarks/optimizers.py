@@ -413,6 +413,19 @@ _SPECS += [
             learning_rate=optax.linear_schedule(1.0, 0.0, total)),
         "optax.contrib.prodigy, lr linear from 1 to 0 over the run",
         trace=_trace_lr_free_combo, quick=False),
+    # The second control: AutoDrop's detector replaced by a clock that drops
+    # at AutoDrop's fastest rate (x0.95 every 10 windows of k steps, its
+    # default drop_factor and buffer_size), scaling the final update as
+    # AutoDrop does.
+    OptimizerSpec(
+        "stairs-prodigy", "lr-free",
+        lambda spe, total: optax.chain(
+            contrib.prodigy(),
+            optax.scale_by_schedule(optax.exponential_decay(
+                1.0, 10 * autodrop_window(spe), 0.95, staircase=True))),
+        "chain(prodigy(), update x0.95 every 10 AutoDrop windows): "
+        "AutoDrop's fastest drop rate as a fixed clock",
+        trace=_trace_lr_free_combo, quick=False),
     _combo("autodrop-prodigy",
            lambda spe, total: optax.chain(contrib.prodigy(), _autodrop(spe)),
            "chain(prodigy(), autodrop(window = "
