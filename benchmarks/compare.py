@@ -151,9 +151,53 @@ def claims(records: dict[str, list[dict]]) -> str:
           f"{std:.2f} vs sgd-step {ref:.2f} ± {ref_std:.2f} "
           f"(difference {acc - ref:+.2f} points); {when} (sgd-step: "
           f"{ref_when}).")
+  lines += _combination_lines(records)
   if not lines:
     return ""
   return "\nClaims checked on this task:\n\n" + "\n".join(lines) + "\n"
+
+
+# Issue 19: each combination (or control) on a learning-rate-free optimizer,
+# and the optimizer it is built on.
+COMBINATIONS = (
+    ("autodrop-prodigy", "prodigy"),
+    ("cprop-prodigy", "prodigy"),
+    ("cprop-autodrop-prodigy", "prodigy"),
+    ("prodigy-linear", "prodigy"),
+    ("stairs-prodigy", "prodigy"),
+    ("autodrop-dadapt-adamw", "dadapt-adamw"),
+    ("cprop-dadapt-adamw", "dadapt-adamw"),
+)
+
+
+def _paired(runs, ref_runs) -> str:
+  """Final-accuracy difference seed by seed (same init and data order)."""
+  by_seed = {r["seed"]: r["final_test_acc"] for r in ref_runs}
+  diffs = 100 * np.array([r["final_test_acc"] - by_seed[r["seed"]]
+                          for r in runs if r["seed"] in by_seed])
+  if not diffs.size:
+    return "no common seeds"
+  return (f"paired by seed {diffs.mean():+.2f} ± {diffs.std():.2f}, ahead on "
+          f"{int(np.sum(diffs > 0))}/{diffs.size}")
+
+
+def _combination_lines(records) -> list[str]:
+  lines = []
+  for name, base in COMBINATIONS:
+    if name not in records:
+      continue
+    acc, std = _acc(records[name])
+    parts = []
+    for ref in (base, "sgd-step"):
+      if ref in records:
+        ref_acc, ref_std = _acc(records[ref])
+        parts.append(f"vs {ref} {ref_acc:.2f} ± {ref_std:.2f}: "
+                     f"{acc - ref_acc:+.2f} points, "
+                     f"{_paired(records[name], records[ref])}")
+    if parts:
+      lines.append(f"- {name} (on {base}): final test accuracy {acc:.2f} ± "
+                   f"{std:.2f}; " + "; ".join(parts) + ".")
+  return lines
 
 
 def _machine() -> str:

@@ -93,6 +93,22 @@ def test_quick_run_keeps_its_set_and_full_runs_every_entry():
                                                                   "adam"]
 
 
+def test_claims_compare_each_combination_with_its_base_seed_by_seed():
+  def runs(*accs):
+    return [{"seed": k, "final_test_acc": a, "steps_to_target_acc": None}
+            for k, a in enumerate(accs)]
+
+  records = {"sgd-step": runs(0.95, 0.96), "prodigy": runs(0.94, 0.97),
+             "autodrop-prodigy": runs(0.96, 0.975)}
+  text = compare.claims(records)
+  line = next(l for l in text.splitlines()
+              if l.startswith("- autodrop-prodigy (on prodigy)"))
+  assert "vs prodigy 95.50 ± 1.50: +1.25 points" in line
+  assert "paired by seed +1.25 ± 0.75, ahead on 2/2" in line
+  assert "vs sgd-step 95.50 ± 0.50: +1.25 points" in line
+  assert "cprop-prodigy" not in text  # no runs, no line
+
+
 def test_training_is_deterministic_per_seed(tiny_digits):
   trainer = train.Trainer(tiny_digits, registry.get("sgd"), epochs=1)
   first, again, other = trainer.run(0), trainer.run(0), trainer.run(1)
