@@ -123,6 +123,7 @@ def plot(runs: dict[str, dict], task: str, path: pathlib.Path):
     axes[3].plot(ep, curves["epoch_train_loss"], color=colors[name], lw=1.2,
                  label=name)
   axes[0].set_yscale("log")
+  axes[0].set_ylim(3e-7, 0.2)  # prodigy-linear's d x scale ends at 0
   axes[0].set_ylabel("prodigy's d (x lr = 1)")
   axes[1].set_ylabel("factor on the update")
   axes[2].set_ylabel("test accuracy (%)")
