@@ -188,8 +188,12 @@ def _combination_lines(records) -> list[str]:
       continue
     acc, std = _acc(records[name])
     parts = []
-    for ref in (base, "sgd-step"):
-      if ref in records:
+    # prodigy's combinations also against prodigy with its recommended
+    # schedule, the control that knows the run length.
+    refs = (base, "prodigy-linear", "sgd-step") if base == "prodigy" else (
+        base, "sgd-step")
+    for ref in refs:
+      if ref in records and ref != name:
         ref_acc, ref_std = _acc(records[ref])
         parts.append(f"vs {ref} {ref_acc:.2f} ± {ref_std:.2f}: "
                      f"{acc - ref_acc:+.2f} points, "
