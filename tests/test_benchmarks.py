@@ -101,15 +101,15 @@ def test_claims_compare_each_combination_with_its_base_seed_by_seed():
   records = {"sgd-step": runs(0.95, 0.96), "prodigy": runs(0.94, 0.97),
              "autodrop-prodigy": runs(0.96, 0.975)}
   text = compare.claims(records)
-  line = next(l for l in text.splitlines()
-              if l.startswith("- autodrop-prodigy (on prodigy)"))
+  line = next(x for x in text.splitlines()
+              if x.startswith("- autodrop-prodigy (on prodigy)"))
   assert "vs prodigy 95.50 ± 1.50: +1.25 points" in line
   assert "paired by seed +1.25 ± 0.75, ahead on 2/2" in line
   assert "vs sgd-step 95.50 ± 0.50: +1.25 points" in line
   assert "cprop-prodigy" not in text  # no runs, no line
   records["prodigy-linear"] = runs(0.96, 0.96)
-  line = next(l for l in compare.claims(records).splitlines()
-              if l.startswith("- autodrop-prodigy (on prodigy)"))
+  line = next(x for x in compare.claims(records).splitlines()
+              if x.startswith("- autodrop-prodigy (on prodigy)"))
   assert "vs prodigy-linear 96.00 ± 0.00: +0.75 points" in line
 
 
