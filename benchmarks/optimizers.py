@@ -426,11 +426,12 @@ _SPECS += [
         "chain(prodigy(), update x0.95 every 10 AutoDrop windows): "
         "AutoDrop's fastest drop rate as a fixed clock",
         trace=_trace_lr_free_combo, quick=False),
+    # The recipe of docs/choosing.md: in the quick run.
     _combo("autodrop-prodigy",
            lambda spe, total: optax.chain(contrib.prodigy(), _autodrop(spe)),
            "chain(prodigy(), autodrop(window = "
            f"{AUTODROP_WINDOW_FRACTION:.3f} epoch)), both at defaults",
-           _AUTODROP),
+           _AUTODROP, quick=True),
     _combo("autodrop-dadapt-adamw",
            lambda spe, total: optax.chain(contrib.dadapt_adamw(),
                                           _autodrop(spe)),
