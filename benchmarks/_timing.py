@@ -299,7 +299,10 @@ def mnist1d_train_step(
   order = order[: n_batches * batch_size].reshape(n_batches, batch_size)
   xs = [jax.device_put(ds.x_train[idx]) for idx in order]
   ys = [jax.device_put(ds.y_train[idx]) for idx in order]
-  carry = {"params": params, "state": tx.init(params), "i": 0}
+  # Copied: a state that keeps the initial params (prodigy's params0) would
+  # otherwise share their buffer, which the donating step rejects.
+  carry = {"params": params, "state": jax.tree.map(jnp.copy, tx.init(params)),
+           "i": 0}
 
   def step():
     i = carry["i"]

@@ -2,7 +2,8 @@
 
 Usage::
 
-  python -m benchmarks.compare                  # quick table, mnist1d
+  python -m benchmarks.compare                  # quick table, mnist1d, the
+                                                # quick set of optimizers
   python -m benchmarks.compare --full           # published table: all tasks,
                                                 # 5 seeds, 40 epochs
   python -m benchmarks.compare --task digits --optimizers sgd-step,adas
@@ -151,9 +152,57 @@ def claims(records: dict[str, list[dict]]) -> str:
           f"{std:.2f} vs sgd-step {ref:.2f} ± {ref_std:.2f} "
           f"(difference {acc - ref:+.2f} points); {when} (sgd-step: "
           f"{ref_when}).")
+  lines += _combination_lines(records)
   if not lines:
     return ""
   return "\nClaims checked on this task:\n\n" + "\n".join(lines) + "\n"
+
+
+# Issue 19: each combination (or control) on a learning-rate-free optimizer,
+# and the optimizer it is built on.
+COMBINATIONS = (
+    ("autodrop-prodigy", "prodigy"),
+    ("cprop-prodigy", "prodigy"),
+    ("cprop-autodrop-prodigy", "prodigy"),
+    ("prodigy-linear", "prodigy"),
+    ("stairs-prodigy", "prodigy"),
+    ("autodrop-dadapt-adamw", "dadapt-adamw"),
+    ("cprop-dadapt-adamw", "dadapt-adamw"),
+)
+
+
+def _paired(runs, ref_runs) -> str:
+  """Final-accuracy difference seed by seed (same init and data order)."""
+  by_seed = {r["seed"]: r["final_test_acc"] for r in ref_runs}
+  diffs = 100 * np.array([r["final_test_acc"] - by_seed[r["seed"]]
+                          for r in runs if r["seed"] in by_seed])
+  if not diffs.size:
+    return "no common seeds"
+  return (f"paired by seed {diffs.mean():+.2f} ± {diffs.std():.2f}, ahead on "
+          f"{int(np.sum(diffs > 0))}/{diffs.size}")
+
+
+def _combination_lines(records) -> list[str]:
+  lines = []
+  for name, base in COMBINATIONS:
+    if name not in records:
+      continue
+    acc, std = _acc(records[name])
+    parts = []
+    # prodigy's combinations also against prodigy with its recommended
+    # schedule, the control that knows the run length.
+    refs = (base, "prodigy-linear", "sgd-step") if base == "prodigy" else (
+        base, "sgd-step")
+    for ref in refs:
+      if ref in records and ref != name:
+        ref_acc, ref_std = _acc(records[ref])
+        parts.append(f"vs {ref} {ref_acc:.2f} ± {ref_std:.2f}: "
+                     f"{acc - ref_acc:+.2f} points, "
+                     f"{_paired(records[name], records[ref])}")
+    if parts:
+      lines.append(f"- {name} (on {base}): final test accuracy {acc:.2f} ± "
+                   f"{std:.2f}; " + "; ".join(parts) + ".")
+  return lines
 
 
 def _machine() -> str:
@@ -327,8 +376,9 @@ def _parse(argv):
   parser.add_argument("--task", default="mnist1d",
                       help="task name or 'all': "
                       f"{', '.join(task_registry.TASKS)}")
-  parser.add_argument("--optimizers", default="all",
-                      help="comma-separated names, or 'all'")
+  parser.add_argument("--optimizers", default=None,
+                      help="comma-separated names, or 'all' (default: the "
+                      "quick set; with --full, all)")
   parser.add_argument("--seeds", type=int, default=None,
                       help=f"seeds per optimizer (default {DEFAULT_SEEDS}, "
                       f"--full {FULL_SEEDS})")
@@ -350,20 +400,30 @@ def _parse(argv):
   return parser.parse_args(argv)
 
 
+def _optimizer_names(optimizers: str | None, *, full: bool) -> list[str]:
+  """``--optimizers``: names, ``'all'``, or (unset) the quick set."""
+  if optimizers is None:
+    optimizers = "all" if full else ",".join(opt_registry.QUICK)
+  if optimizers == "all":
+    return list(opt_registry.REGISTRY)
+  return [n.strip() for n in optimizers.split(",") if n.strip()]
+
+
 def main(argv=None) -> int:
   args = _parse(argv)
   if args.list:
     for spec in opt_registry.REGISTRY.values():
       reason = opt_registry.availability(spec)
       status = "ok" if reason is None else f"UNAVAILABLE ({reason})"
+      if not spec.quick:
+        status += ", not in the quick run"
       print(f"{spec.name:22s} {spec.family:9s} {status}\n"
             f"{'':32s} {spec.description}")
     return 0
   task_names = (list(task_registry.TASKS)
                 if args.full or args.task == "all" else args.task.split(","))
   tasks = [task_registry.get_task(t) for t in task_names]
-  names = (list(opt_registry.REGISTRY) if args.optimizers == "all"
-           else [n.strip() for n in args.optimizers.split(",") if n.strip()])
+  names = _optimizer_names(args.optimizers, full=args.full)
   for name in names:
     opt_registry.get(name)  # fail early on a typo
   seeds = args.seeds or (FULL_SEEDS if args.full else DEFAULT_SEEDS)

@@ -80,6 +80,9 @@ class OptimizerSpec:
     trace: ``state -> {name: scalar}`` read after every step for the plots.
     requires: ``(module, attribute)`` pairs of :mod:`optax_adaptive` that
       must import for the entry to be available.
+    quick: part of the default quick run (``python -m benchmarks.compare``
+      without ``--optimizers``); ``--full`` and ``--optimizers all`` run
+      every entry.
   """
 
   name: str
@@ -92,6 +95,7 @@ class OptimizerSpec:
   eval_params: Callable[[State, Any], Any] | None = None
   trace: Callable[[State], dict[str, jax.Array]] = _no_trace
   requires: tuple[tuple[str, str], ...] = ()
+  quick: bool = True
 
 
 # ------------------------------------------------------- state inspection
@@ -380,7 +384,83 @@ _SPECS = [
         requires=(("_cprop", "cprop_sgd"), ("_autodrop", "autodrop"))),
 ]
 
+# ---------------------------------------- on learning-rate-free optimizers
+# Issue 19: our methods composed with optax's learning-rate-free optimizers,
+# at everyone's defaults, exactly as a user writes them. AutoDrop goes last
+# in the chain and scales the final update; CProp wraps the inner optimizer.
+
+
+def _trace_lr_free_combo(state: State) -> dict[str, jax.Array]:
+  """The inner optimizer's estimate ``d`` (times its lr of 1), our scales.
+
+  ``effective_lr`` is ``d`` times AutoDrop's ``lr_scale`` where there is one:
+  the step size that reaches the params, up to Adam-style normalisation.
+  """
+  out = {**_trace_estim_lr(state), **_trace_library(state)}
+  if "autodrop/lr_scale" in out:
+    out["effective_lr"] = out["learning_rate"] * out["autodrop/lr_scale"]
+  return out
+
+
+def _combo(name: str, make: Factory, description: str,
+           requires: tuple[tuple[str, str], ...], quick: bool = False
+           ) -> OptimizerSpec:
+  return OptimizerSpec(name, "library", make, description,
+                       trace=_trace_lr_free_combo, requires=requires,
+                       quick=quick)
+
+
+_AUTODROP = (("_autodrop", "autodrop"),)
+_CPROP = (("_cprop", "cprop"),)
+
+_SPECS += [
+    # The control: prodigy with the schedule its authors recommend (linear
+    # decay from 1 to 0 over the run, no warm-up), which needs the run length.
+    OptimizerSpec(
+        "prodigy-linear", "lr-free",
+        lambda spe, total: contrib.prodigy(
+            learning_rate=optax.linear_schedule(1.0, 0.0, total)),
+        "optax.contrib.prodigy, lr linear from 1 to 0 over the run",
+        trace=_trace_lr_free_combo, quick=False),
+    # The second control: AutoDrop's detector replaced by a clock that drops
+    # at AutoDrop's fastest rate (x0.95 every 10 windows of k steps, its
+    # default drop_factor and buffer_size), scaling the final update as
+    # AutoDrop does.
+    OptimizerSpec(
+        "stairs-prodigy", "lr-free",
+        lambda spe, total: optax.chain(
+            contrib.prodigy(),
+            optax.scale_by_schedule(optax.exponential_decay(
+                1.0, 10 * autodrop_window(spe), 0.95, staircase=True))),
+        "chain(prodigy(), update x0.95 every 10 AutoDrop windows): "
+        "AutoDrop's fastest drop rate as a fixed clock",
+        trace=_trace_lr_free_combo, quick=False),
+    # The recipe of docs/choosing.md: in the quick run.
+    _combo("autodrop-prodigy",
+           lambda spe, total: optax.chain(contrib.prodigy(), _autodrop(spe)),
+           "chain(prodigy(), autodrop(window = "
+           f"{AUTODROP_WINDOW_FRACTION:.3f} epoch)), both at defaults",
+           _AUTODROP, quick=True),
+    _combo("autodrop-dadapt-adamw",
+           lambda spe, total: optax.chain(contrib.dadapt_adamw(),
+                                          _autodrop(spe)),
+           "chain(dadapt_adamw(), autodrop as above), both at defaults",
+           _AUTODROP),
+    _combo("cprop-prodigy",
+           lambda spe, total: _lib("_cprop", "cprop")(contrib.prodigy()),
+           "cprop(prodigy()), both at defaults", _CPROP),
+    _combo("cprop-dadapt-adamw",
+           lambda spe, total: _lib("_cprop", "cprop")(contrib.dadapt_adamw()),
+           "cprop(dadapt_adamw()), both at defaults", _CPROP),
+    _combo("cprop-autodrop-prodigy",
+           lambda spe, total: optax.chain(
+               _lib("_cprop", "cprop")(contrib.prodigy()), _autodrop(spe)),
+           "chain(cprop(prodigy()), autodrop as above), all at defaults",
+           _CPROP + _AUTODROP),
+]
+
 REGISTRY: dict[str, OptimizerSpec] = {s.name: s for s in _SPECS}
+QUICK: tuple[str, ...] = tuple(s.name for s in _SPECS if s.quick)
 
 
 def get(name: str) -> OptimizerSpec:

@@ -15,9 +15,9 @@ _STYLE = {"baseline": "-", "lr-free": "--", "library": "-"}
 _WIDTH = {"baseline": 1.0, "lr-free": 1.0, "library": 1.8}
 DPI = 90
 # Trace keys drawn in the per-method panels (the JSON keeps every key).
-PLOTTED = ("learning_rate", "mean_scale", "lr_scale", "pal_learning_rate",
-           "labpal_learning_rate", "labpal_step_length", "lr", "lr.mean",
-           "gain", "gain.mean", "layer_lr.mean", "fc_lr")
+PLOTTED = ("learning_rate", "effective_lr", "mean_scale", "lr_scale",
+           "pal_learning_rate", "labpal_learning_rate", "labpal_step_length",
+           "lr", "lr.mean", "gain", "gain.mean", "layer_lr.mean", "fc_lr")
 
 
 def _colors(names):

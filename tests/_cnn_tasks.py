@@ -189,7 +189,28 @@ METHODS = [
     Method("labpal", _labpal, kind="labpal"),
     Method("cprop_autodrop", _cprop_autodrop),
 ]
-METHODS_BY_NAME = {m.name: m for m in METHODS}
+
+
+def _autodrop_prodigy(axis_name):
+  del axis_name  # data parallel; prodigy's sums are global under jit
+  return optax.chain(
+      optax.contrib.prodigy(),
+      oa.autodrop(window_size=2, buffer_size=2, threshold_deg=45.0))
+
+
+# Issue 19: the recipes of docs/choosing.md, through the same system tests.
+RECIPES = [
+    Method("autodrop_prodigy", _autodrop_prodigy),
+]
+# Layouts a recipe cannot run in, with the reason (a limit of its parts).
+RECIPE_LIMITS = {
+    "autodrop_prodigy": {
+        "explicit_fsdp": "optax.contrib.prodigy's optax.tree.vdot fails on"
+                         " params sharded over Explicit mesh axes"
+                         " (ShardingTypeError); Auto axes work",
+    },
+}
+METHODS_BY_NAME = {m.name: m for m in METHODS + RECIPES}
 
 
 def tolerance(name: str) -> dict[str, float]:

@@ -80,6 +80,39 @@ def test_report_rebuilds_the_table_from_stored_runs(tmp_path, tiny_digits):
   assert "| adam | baseline | skipped: 1/2 runs of 1 epochs" in table
 
 
+def test_quick_run_keeps_its_set_and_full_runs_every_entry():
+  quick = compare._optimizer_names(None, full=False)
+  assert quick == list(registry.QUICK)
+  assert "sgd-step" in quick and "prodigy" in quick
+  slow = [n for n, s in registry.REGISTRY.items() if not s.quick]
+  assert slow and not set(slow) & set(quick)
+  assert compare._optimizer_names(None, full=True) == list(registry.REGISTRY)
+  assert compare._optimizer_names("all", full=False) == list(
+      registry.REGISTRY)
+  assert compare._optimizer_names(" sgd, adam ,", full=True) == ["sgd",
+                                                                  "adam"]
+
+
+def test_claims_compare_each_combination_with_its_base_seed_by_seed():
+  def runs(*accs):
+    return [{"seed": k, "final_test_acc": a, "steps_to_target_acc": None}
+            for k, a in enumerate(accs)]
+
+  records = {"sgd-step": runs(0.95, 0.96), "prodigy": runs(0.94, 0.97),
+             "autodrop-prodigy": runs(0.96, 0.975)}
+  text = compare.claims(records)
+  line = next(x for x in text.splitlines()
+              if x.startswith("- autodrop-prodigy (on prodigy)"))
+  assert "vs prodigy 95.50 ± 1.50: +1.25 points" in line
+  assert "paired by seed +1.25 ± 0.75, ahead on 2/2" in line
+  assert "vs sgd-step 95.50 ± 0.50: +1.25 points" in line
+  assert "cprop-prodigy" not in text  # no runs, no line
+  records["prodigy-linear"] = runs(0.96, 0.96)
+  line = next(x for x in compare.claims(records).splitlines()
+              if x.startswith("- autodrop-prodigy (on prodigy)"))
+  assert "vs prodigy-linear 96.00 ± 0.00: +0.75 points" in line
+
+
 def test_training_is_deterministic_per_seed(tiny_digits):
   trainer = train.Trainer(tiny_digits, registry.get("sgd"), epochs=1)
   first, again, other = trainer.run(0), trainer.run(0), trainer.run(1)
@@ -128,6 +161,16 @@ def test_paired_ratios_runs_every_closure_and_counts_rounds():
                                 rounds=5, min_turn_s=0.0)
   assert len(stats["b"].ratios) == 5
   assert calls["a"] == calls["b"] == 3 + 5  # warm-up and calibration + rounds
+
+
+def test_train_step_timer_runs_an_optimizer_that_keeps_the_params():
+  from benchmarks import _timing
+
+  # prodigy's state holds the initial params; donating both used to fail
+  # with "Attempt to donate the same buffer twice".
+  step = _timing.mnist1d_train_step(optax.contrib.prodigy(), batch_size=16)
+  losses = [float(step()) for _ in range(2)]
+  assert np.all(np.isfinite(losses))
 
 
 def test_overhead_table_prints_the_ratio_spread():

@@ -60,7 +60,7 @@ def _assert_mid_training(name, state):
     counts = [s for s in jax.tree.leaves(state) if s.dtype == np.int32]
     assert W.SAVE_AT % 2 == 1  # steps_per_epoch=2: mid-epoch
     assert counts, "AdaS state should hold its step counter"
-  if name in ("autodrop", "cprop_autodrop"):
+  if name in ("autodrop", "cprop_autodrop", "autodrop_prodigy"):
     (lib,) = [s for s in _library_states(state)
               if type(s).__name__ == "AutoDropState"]
     assert int(lib.window_step) != 0, "AutoDrop should be mid-window"
@@ -123,6 +123,13 @@ def test_resume_in_fresh_process_is_bit_exact(tmp_path):
 @pytest.mark.slow
 def test_resume_in_fresh_process_is_bit_exact_all_methods(tmp_path):
   _check(tmp_path, _available(SLOW_METHODS), "single")
+
+
+def test_recipes_resume_in_fresh_process_is_bit_exact(tmp_path):
+  """The recipes of docs/choosing.md (issue 19). Their FSDP restore is not
+  checked: the worker's FSDP layout uses Explicit mesh axes, on which
+  prodigy cannot update (``T.RECIPE_LIMITS``)."""
+  _check(tmp_path, [m.name for m in T.RECIPES], "single")
 
 
 @pytest.mark.slow

@@ -297,6 +297,52 @@ STRUCTURE_ARGS = {
     "scale_by_labpal": ("momentum",),
 }
 
+# ------------------------------------ recipes on learning-rate-free optimizers
+# Issue 19: the combinations docs/choosing.md recommends go through the same
+# battery as the public transformations, each twice: with the inner
+# optimizer as the factory, so that (e) injects the inner optimizer's
+# hyperparameters and (i) gives it a schedule, and with our transformation
+# as the factory.
+_RECIPE_AUTODROP = dict(window_size=4, buffer_size=3)
+# On a noise-free objective the path is straight, AutoDrop keeps dropping
+# (docs/autodrop.md, "Failure modes") and needs a floor to converge.
+_RECIPE_CONVERGE = dict(window_size=50, min_scale=0.1)
+# Limits of optax.contrib.prodigy itself (prodigy alone fails them too):
+_PRODIGY_SKIPS = {
+    # Its init reads the params' dtype through jnp.asarray, which a
+    # ShapeDtypeStruct is not; jax.eval_shape(tx.init, ...) works
+    # (test_recipe_init_under_eval_shape).
+    "j": "optax.contrib.prodigy's init fails on ShapeDtypeStruct params",
+    # Its numerator is an optax.tree.vdot without out_sharding, which
+    # explicit sharding rejects (ShardingTypeError); Auto axes work.
+    "m-explicit": "optax.contrib.prodigy's tree.vdot fails under explicit"
+                  " sharding",
+}
+
+RECIPE_CASES = [
+    Case(
+        "autodrop_prodigy_inner",
+        optax.contrib.prodigy,
+        # d0 = 1e-6 (the default) moves nothing in the few steps of (g) in
+        # bfloat16 and of (i) at learning_rate=1e-3; the other case keeps it.
+        dict(learning_rate=1.0, estim_lr0=0.1),
+        compose=lambda tx: optax.chain(tx, oa.autodrop(**_RECIPE_CONVERGE)),
+        skips=_PRODIGY_SKIPS,
+    ),
+    Case(
+        "autodrop_prodigy",
+        oa.autodrop,
+        _RECIPE_AUTODROP,
+        compose=lambda tx: optax.chain(optax.contrib.prodigy(), tx),
+        static_args=_AUTODROP_STATIC,
+        converge_kwargs=_RECIPE_CONVERGE,
+        skips={**_PRODIGY_SKIPS,
+               "g": "prodigy's first steps at d0 = 1e-6 do not move bfloat16"
+                    " params; autodrop_prodigy_inner runs (g) with d0 = 0.1"},
+    ),
+]
+CASES += RECIPE_CASES
+
 # Public names that are not transformations (states, pure functions, helpers).
 NOT_TRANSFORMATIONS = frozenset({
     "__version__", "diagnostics", "linen_value_fn", "nnx_value_fn",
@@ -766,6 +812,7 @@ def _param_shardings(mesh):
 @pytest.mark.parametrize("axis_type", ["explicit", "auto"])
 def test_m_sharded_jit_matches_and_keeps_sharding(case, axis_type):
   _skip_if(case, "m")
+  _skip_if(case, f"m-{axis_type}")
   _needs_devices()
   params, x, y, loss = _regression_problem()
   steps = 5
@@ -815,3 +862,39 @@ def test_library_state_is_named(case):
   for state in states:
     assert type(state).__name__.endswith("State")
     assert hasattr(state, "_fields")
+
+
+@pytest.mark.parametrize("case", RECIPE_CASES, ids=repr)
+def test_recipe_vmap_matches_one_by_one(case):
+  """``vmap`` over independent runs (params, state) equals each run alone."""
+  tx = case.build()
+  objective = lambda p: jnp.sum(jnp.cos(p["a"]) * p["a"] ** 2) + jnp.sum(
+      p["b"] ** 4)
+  step = _make_step(case, tx, objective)
+  runs = [{"a": jnp.array([0.5, -1.5, 2.0]) * (k + 1),
+           "b": jnp.array([[1.0, -2.0], [0.3, 0.7]]) / (k + 1)}
+          for k in range(3)]
+  stack = lambda trees: jax.tree.map(lambda *x: jnp.stack(x), *trees)
+  params = stack(runs)
+  state = jax.vmap(tx.init)(params)
+  batched = jax.jit(jax.vmap(step))
+  singles = [(p, tx.init(p)) for p in runs]
+  single = jax.jit(step)
+  for _ in range(9):  # two AutoDrop windows and a bit
+    params, state, _ = batched(params, state)
+    singles = [single(p, s)[:2] for p, s in singles]
+  _utils.assert_trees_all_close(
+      (params, state), stack(singles), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", RECIPE_CASES, ids=repr)
+def test_recipe_init_under_eval_shape(case):
+  """(j) as far as prodigy allows: abstract init through ``eval_shape``."""
+  tx = case.build()
+  params = {"w": jax.ShapeDtypeStruct((2, 4, 8), jnp.float32),
+            "b": jax.ShapeDtypeStruct((8,), jnp.float32)}
+  abstract = jax.eval_shape(tx.init, params)
+  concrete = tx.init(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                  params))
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), abstract) == (
+      jax.tree.map(lambda c: (c.shape, c.dtype), concrete))

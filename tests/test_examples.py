@@ -8,7 +8,7 @@ full with ``python docs/examples/<name>.py``.
 
 Examples covered: examples/cprop.py, examples/autodrop.py,
 examples/cprop_autodrop.py, examples/pal.py, examples/labpal.py,
-examples/adas.py.
+examples/adas.py, examples/autodrop_prodigy.py.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ BUDGETS = {
     "pal": (dict(steps=30), "pal/pal_learning_rate"),
     "labpal": (dict(steps=40), "labpal/labpal_step_length"),
     "adas": (dict(steps=24, steps_per_epoch=4), "adas/layer_lr"),
+    "autodrop_prodigy": (dict(steps=60), "autodrop/lr_scale"),
 }
 
 def _load(name):
@@ -45,7 +46,7 @@ def test_every_example_is_tested():
 
 
 # Examples of the default run; the others run under -m slow.
-FAST = ("cprop_autodrop", "pal")
+FAST = ("cprop_autodrop", "pal", "autodrop_prodigy")
 
 
 @pytest.mark.parametrize("name", [

@@ -42,12 +42,13 @@ FAST = {
     ("fsdp_explicit", "adas"),
     ("fsdp_explicit", "labpal"),
     ("fsdp_auto", "cprop_adam"),
+    ("fsdp_auto", "autodrop_prodigy"),
 }
 
 
 def _cases():
   for mode in MODES:
-    for method in T.METHODS:
+    for method in T.METHODS + T.RECIPES:
       marks = () if (mode, method.name) in FAST else (pytest.mark.slow,)
       yield pytest.param(mode, method, marks=marks,
                          id=f"{mode}-{method.name}")
@@ -210,6 +211,10 @@ def _assert_state_layout(state, shardings):
 @pytest.mark.parametrize(("mode", "method"), list(_cases()))
 def test_matches_single_device(mode, method):
   _require(method)
+  if mode == "fsdp_explicit":
+    reason = T.RECIPE_LIMITS.get(method.name, {}).get("explicit_fsdp")
+    if reason:
+      pytest.skip(reason)
   params, state, losses, shardings = RUNS[mode](method)
   ref_params, ref_state, ref_losses = _reference(method.name)
   _utils.assert_tree_all_finite(params)

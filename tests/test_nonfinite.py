@@ -81,6 +81,13 @@ CASES = [
         mode="sgd", momentum=0.5, **_LABPAL_KW), _labpal_kwargs),
 ]
 
+# Issue 19: the recipes of docs/choosing.md (in the default tier below).
+CASES += [
+    Case("autodrop_prodigy", lambda: optax.chain(
+        optax.contrib.prodigy(),
+        oa.autodrop(window_size=2, buffer_size=2, threshold_deg=180.0))),
+]
+
 _BAD = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf}
 
 
@@ -118,7 +125,8 @@ def _finite_run(step, params, state, n):
 
 # One case per method family in the default tier; the rest (each one more
 # compilation of a guarded step) in the slow tier.
-_DEFAULT_TIER = ("cprop_sgd", "autodrop", "adas", "pal", "labpal")
+_DEFAULT_TIER = ("cprop_sgd", "autodrop", "adas", "pal", "labpal",
+                 "autodrop_prodigy")
 
 
 @pytest.mark.parametrize("case", [
