@@ -646,6 +646,7 @@ def _driver() -> str:
 
 
 def _commit() -> str:
+  """The checkout's commit, or "n/a" (a copied working tree has no .git)."""
   try:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True, timeout=10,
@@ -666,7 +667,8 @@ def header(args: argparse.Namespace) -> dict:
           "device_kind": device.device_kind, "platform": device.platform,
           "device_count": jax.device_count(), "driver": _driver(),
           **versions, "python": sys.version.split()[0],
-          "machine": _timing.machine_info(), "commit": _commit(),
+          "machine": _timing.machine_info(),
+          "commit": args.commit or _commit(),
           "args": {k: str(v) for k, v in vars(args).items()}}
 
 
@@ -725,13 +727,15 @@ def report(records: list[dict]) -> str:
                    f"{record['driver']}, jax {record['jax']}, jaxlib "
                    f"{record['jaxlib']}, commit {record['commit']}")
   rows = [r for r in records if "ratio" in r]
-  lines += ["", overhead.markdown_table(rows), "",
-            "| section | method | case | kernels | base kernels | loops |",
-            "|---|---|---|---:|---:|---:|"]
-  lines += [f"| {r['section']} | {r['method']} | {r['case']} | "
-            f"{r['kernels']} | {r['base_kernels']} | {r['loops']} |"
-            for r in rows if "kernels" in r]
-  lines.append("")
+  lines += ["", overhead.markdown_table(rows), ""]
+  kernel_rows = [r for r in rows if "kernels" in r]
+  if kernel_rows:
+    lines += ["| section | method | case | kernels | base kernels | loops |",
+              "|---|---|---|---:|---:|---:|"]
+    lines += [f"| {r['section']} | {r['method']} | {r['case']} | "
+              f"{r['kernels']} | {r['base_kernels']} | {r['loops']} |"
+              for r in kernel_rows]
+    lines.append("")
   for r in records:
     if "info" in r:
       lines.append(f"{r['section']}: {r['task']}, {r['params']:,} params, "
@@ -758,6 +762,9 @@ def main(argv: list[str] | None = None) -> int:
                       " (default: all; with --quick all but overhead)")
   parser.add_argument("--quick", action="store_true",
                       help="tiny shapes and 3 rounds: a smoke test")
+  parser.add_argument("--commit", default=None,
+                      help="the code's commit, for the header (default: git's"
+                      " HEAD, where there is a .git)")
   parser.add_argument("--report", type=pathlib.Path, default=None,
                       help="only print the tables of this JSON-lines file")
   args = parser.parse_args(argv)
