@@ -312,8 +312,9 @@ class ModelBench:
     self._fresh = fresh
 
   def compile(self, names: list[str]) -> None:
-    """Compiles the train steps of ``names`` (and "adas end") not yet
-    compiled: the first one (the base) alone, then the others on parallel
+    """Compiles what ``names`` lists (train steps by variant name, and
+    "adas end") and is not compiled yet: the first (the base) alone, then
+    the others on parallel
     threads. XLA caches autotuning results per process, so every variant
     then runs the convolution and matmul algorithms the base chose (tuned
     concurrently, they could differ and bias the ratios)."""
