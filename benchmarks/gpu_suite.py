@@ -312,22 +312,24 @@ class ModelBench:
     self._fresh = fresh
 
   def compile(self, names: list[str]) -> None:
-    """Compiles the train steps of ``names`` (and "adas end") not yet
-    compiled, on parallel threads."""
-    lowered = {}
-    for name in names:
-      if name in self.compiled:
-        continue
-      if name == "adas end":
-        state = jax.eval_shape(self.variants["adas"].tx.init, self.params)
-        lowered[name] = jax.jit(oa.adas_end_epoch).lower(state, self.params)
-      else:
-        lowered[name] = self._lower(self.variants[name])
+    """Compiles what ``names`` lists (train steps by variant name, and
+    "adas end") and is not compiled yet: the first (the base) alone, then
+    the others on parallel
+    threads. XLA caches autotuning results per process, so every variant
+    then runs the convolution and matmul algorithms the base chose (tuned
+    concurrently, they could differ and bias the ratios)."""
+    names = [name for name in names if name not in self.compiled]
     start = time.perf_counter()
-    self.compiled.update(_compile_all(lowered, self.compiler_options))
+    for batch in (names[:1], names[1:]):
+      lowered = {name: self._lower(name) for name in batch}
+      self.compiled.update(_compile_all(lowered, self.compiler_options))
     self.compile_wall_s += time.perf_counter() - start
 
-  def _lower(self, variant: Variant):
+  def _lower(self, name: str):
+    if name == "adas end":
+      state = jax.eval_shape(self.variants["adas"].tx.init, self.params)
+      return jax.jit(oa.adas_end_epoch).lower(state, self.params)
+    variant = self.variants[name]
     step = jax.jit(_train_step_fn(self.task, self.graphdef, variant),
                    donate_argnums=(0, 1, 2))
     opt_state = jax.eval_shape(variant.tx.init, self.params)
@@ -646,6 +648,7 @@ def _driver() -> str:
 
 
 def _commit() -> str:
+  """The checkout's commit, or "n/a" (a copied working tree has no .git)."""
   try:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True, timeout=10,
@@ -666,7 +669,8 @@ def header(args: argparse.Namespace) -> dict:
           "device_kind": device.device_kind, "platform": device.platform,
           "device_count": jax.device_count(), "driver": _driver(),
           **versions, "python": sys.version.split()[0],
-          "machine": _timing.machine_info(), "commit": _commit(),
+          "machine": _timing.machine_info(),
+          "commit": args.commit or _commit(),
           "args": {k: str(v) for k, v in vars(args).items()}}
 
 
@@ -725,13 +729,15 @@ def report(records: list[dict]) -> str:
                    f"{record['driver']}, jax {record['jax']}, jaxlib "
                    f"{record['jaxlib']}, commit {record['commit']}")
   rows = [r for r in records if "ratio" in r]
-  lines += ["", overhead.markdown_table(rows), "",
-            "| section | method | case | kernels | base kernels | loops |",
-            "|---|---|---|---:|---:|---:|"]
-  lines += [f"| {r['section']} | {r['method']} | {r['case']} | "
-            f"{r['kernels']} | {r['base_kernels']} | {r['loops']} |"
-            for r in rows if "kernels" in r]
-  lines.append("")
+  lines += ["", overhead.markdown_table(rows), ""]
+  kernel_rows = [r for r in rows if "kernels" in r]
+  if kernel_rows:
+    lines += ["| section | method | case | kernels | base kernels | loops |",
+              "|---|---|---|---:|---:|---:|"]
+    lines += [f"| {r['section']} | {r['method']} | {r['case']} | "
+              f"{r['kernels']} | {r['base_kernels']} | {r['loops']} |"
+              for r in kernel_rows]
+    lines.append("")
   for r in records:
     if "info" in r:
       lines.append(f"{r['section']}: {r['task']}, {r['params']:,} params, "
@@ -758,6 +764,9 @@ def main(argv: list[str] | None = None) -> int:
                       " (default: all; with --quick all but overhead)")
   parser.add_argument("--quick", action="store_true",
                       help="tiny shapes and 3 rounds: a smoke test")
+  parser.add_argument("--commit", default=None,
+                      help="the code's commit, for the header (default: git's"
+                      " HEAD, where there is a .git)")
   parser.add_argument("--report", type=pathlib.Path, default=None,
                       help="only print the tables of this JSON-lines file")
   args = parser.parse_args(argv)
