@@ -113,6 +113,50 @@ def test_claims_compare_each_combination_with_its_base_seed_by_seed():
   assert "vs prodigy-linear 96.00 ± 0.00: +0.75 points" in line
 
 
+def test_lr_free_trace_and_plot(tmp_path):
+  from benchmarks import lr_free_plot
+
+  tx = registry.get("autodrop-prodigy").make(12, 120)  # window of 2 steps
+  params = {"w": jnp.ones(3)}
+  state = tx.init(params)
+  for _ in range(3):
+    updates, state = tx.update({"w": params["w"] - 0.5}, state, params)
+    params = optax.apply_updates(params, updates)
+  trace = registry.get("autodrop-prodigy").trace(state)
+  d = float(optax.tree.get(state, "estim_lr"))
+  assert float(trace["learning_rate"]) == d > 0
+  assert float(trace["effective_lr"]) == d * float(
+      trace["autodrop/lr_scale"])
+
+  steps = list(range(1, 121, 3))
+  n_drops = [float(s // 40) for s in steps]  # drops after steps 40 and 80
+
+  def record(name):
+    trace = {"learning_rate": {"step": steps, "value": [0.01] * len(steps)}}
+    if name in lr_free_plot.AUTODROP:
+      trace["autodrop/n_drops"] = {"step": steps, "value": n_drops}
+      trace["autodrop/lr_scale"] = {
+          "step": steps, "value": [0.95 ** n for n in n_drops]}
+    return {"optimizer": name, "seed": 0, "epochs": 10,
+            "steps_per_epoch": 12, "best_test_acc": 0.9, "trace": trace,
+            "curves": {"epoch_test_acc": [0.8] * 10,
+                       "epoch_train_loss": [0.1] * 10}}
+
+  for name in lr_free_plot.NAMES:
+    (tmp_path / "t").mkdir(exist_ok=True)
+    (tmp_path / "t" / f"{name}_seed0.json").write_text(
+        json.dumps(record(name)))
+  run = lr_free_plot.load([tmp_path], "t", "autodrop-prodigy", 0)
+  np.testing.assert_array_equal(lr_free_plot.drop_steps(run), [40, 82])
+  assert "2 drops" in lr_free_plot.drop_summary(run)
+  _, clock = lr_free_plot.update_scale(
+      lr_free_plot.load([tmp_path], "t", "stairs-prodigy", 0))
+  assert clock[0] == 1.0 and clock[-1] == 0.95 ** (118 // 20)
+  lr_free_plot.main(["--results", str(tmp_path), "--task", "t", "--seeds",
+                     "1", "--out", str(tmp_path / "p.png")])
+  assert (tmp_path / "p.png").stat().st_size > 0
+
+
 def test_training_is_deterministic_per_seed(tiny_digits):
   trainer = train.Trainer(tiny_digits, registry.get("sgd"), epochs=1)
   first, again, other = trainer.run(0), trainer.run(0), trainer.run(1)
