@@ -105,6 +105,11 @@ def tree_vdot_f32(a: optax.Params, b: optax.Params) -> jax.Array:
   return sum(parts[1:], parts[0])
 
 
+def tree_norm_f32(tree: optax.Params) -> jax.Array:
+  """Global L2 norm of ``tree``, accumulated in at least float32."""
+  return jnp.sqrt(tree_vdot_f32(tree, tree))
+
+
 # -------------------------------------------------------------- schedules
 
 

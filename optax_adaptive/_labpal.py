@@ -125,11 +125,6 @@ def _tree_cast_stats(tree: optax.Params) -> optax.Params:
   return jax.tree.map(lambda x: x.astype(_common.stats_dtype(x.dtype)), tree)
 
 
-def _tree_norm(tree: optax.Params) -> jax.Array:
-  """Global L2 norm accumulated in at least float32."""
-  return jnp.sqrt(_common.tree_vdot_f32(tree, tree))
-
-
 def _move_along(
     params: optax.Params, direction: optax.Params, distance: jax.Array
 ) -> optax.Params:
@@ -346,7 +341,7 @@ def scale_by_pal(
 
     dtype = state.pal_learning_rate.dtype
     direction = _tree_cast_stats(updates)
-    norm = _tree_norm(direction).astype(dtype)  # spec §2.3
+    norm = _common.tree_norm_f32(direction).astype(dtype)  # spec §2.3
     norm = jnp.maximum(norm, jnp.asarray(eps, dtype))
     # û = d/n is never materialised: each use scales d by a scalar, so the
     # moves fuse into their consumers (one kernel fewer per leaf).
@@ -890,7 +885,7 @@ def scale_by_labpal(
     dtype = state.labpal_step_length.dtype
     fdt = _fit_dtype()
     if norm is None:  # 'sgd' mode needs ||d|| only when measuring
-      norm = _tree_norm(direction)
+      norm = _common.tree_norm_f32(direction)
     norm_f = norm.astype(fdt)
     safe_norm = jnp.where(norm_f == 0, jnp.asarray(eps, fdt), norm_f)
     unit = jax.tree.map(lambda d: d / safe_norm.astype(d.dtype), direction)
@@ -1034,7 +1029,7 @@ def scale_by_labpal(
                                  batched=frozenset(approx_batch))
 
     direction = direction_of(updates, state)
-    norm = _tree_norm(direction) if mode == "nsgd" else None
+    norm = _common.tree_norm_f32(direction) if mode == "nsgd" else None
     measure = (state.pending > 0) | jnp.asarray(force_measure, jnp.bool_)
     # Both kinds of step return scalars only (the update is coef * d in
     # either), so no params-sized buffer crosses the control flow and the
