@@ -47,7 +47,7 @@ import optax
 
 import optax_adaptive as oa
 from benchmarks import _timing
-from optax_adaptive import _cprop
+from optax_adaptive import _cprop_stats
 
 VARIANTS = ("no mean scale", "no mean scale, jnp.tanh", "no CDF", "scale 1")
 
@@ -55,12 +55,12 @@ VARIANTS = ("no mean scale", "no mean scale, jnp.tanh", "no CDF", "scale 1")
 @contextlib.contextmanager
 def _general_tanh():
   """Traces CProp's conformity with ``jnp.tanh`` instead of its own tanh."""
-  own = _cprop._tanh_of_nonnegative
-  _cprop._tanh_of_nonnegative = jnp.tanh
+  own = _cprop_stats.tanh_of_nonnegative
+  _cprop_stats.tanh_of_nonnegative = jnp.tanh
   try:
     yield
   finally:
-    _cprop._tanh_of_nonnegative = own
+    _cprop_stats.tanh_of_nonnegative = own
 
 
 def stripped_cprop_adam(variant: str, learning_rate: float = 1e-3,
@@ -73,23 +73,23 @@ def stripped_cprop_adam(variant: str, learning_rate: float = 1e-3,
   def update_fn(grads, state, params=None):
     del params
     count = optax.safe_int32_increment(state.count)
-    k = _cprop._constants(count, 0.999, 1.0, 1e-8, "bft", jnp.float32)
-    k1 = _cprop._ema_scalars(0.9, count, jnp.float32)
-    k2 = _cprop._ema_scalars(0.999, count, jnp.float32)
+    k = _cprop_stats.constants(count, 0.999, 1.0, 1e-8, "bft", jnp.float32)
+    k1 = _cprop_stats.ema_scalars(0.9, count, jnp.float32)
+    k2 = _cprop_stats.ema_scalars(0.999, count, jnp.float32)
 
     def leaf(g, mu, nu, m):
-      mu = _cprop._ema(mu, g, k1)
-      nu = _cprop._ema(nu, g * g, k2)
-      m = _cprop._ema(m, g, k)
+      mu = _cprop_stats.ema(mu, g, k1)
+      nu = _cprop_stats.ema(nu, g * g, k2)
+      m = _cprop_stats.ema(m, g, k)
       if variant == "scale 1":
         s = jnp.ones_like(m)
       elif variant == "no CDF":
         s = jnp.minimum(jnp.abs(m) * jax.lax.rsqrt(nu + eps), 1.0)
       elif variant == "no mean scale, jnp.tanh":
         with _general_tanh():
-          s = _cprop._scale(_cprop._conformity(m, nu, k, "bft"), k)
+          s = _cprop_stats.scale(_cprop_stats.conformity(m, nu, k, "bft"), k)
       else:
-        s = _cprop._scale(_cprop._conformity(m, nu, k, "bft"), k)
+        s = _cprop_stats.scale(_cprop_stats.conformity(m, nu, k, "bft"), k)
       adam = (mu * k1.inv_bias_correction) / (
           jnp.sqrt(nu * k2.inv_bias_correction) + eps)
       return -learning_rate * adam * s, mu, nu, m

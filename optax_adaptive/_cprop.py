@@ -18,22 +18,23 @@ Preechakul & Kijsirikul, `CProp: Adaptive Learning Rate Scaling from Past
 Gradient Conformity <https://arxiv.org/abs/1912.11493>`_, 2019. The formulas
 (those of the reference implementation) and their numerical guards are in
 docs/cprop.md, "Algorithm"; how the update suits XLA, in its "Overhead".
+This module holds the transformations and their states; the statistics
+(EMA scalars, z-statistic, CDFs, the scale and its mean) are in
+:mod:`optax_adaptive._cprop_stats`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from optax_adaptive import _common
-
-CDFS = ("normal", "bft", "bfo", "logistic")
+from optax_adaptive import _cprop_stats as stats
+from optax_adaptive._cprop_stats import CDFS
 
 
 class CPropState(NamedTuple):
@@ -72,260 +73,34 @@ def _check_cprop_hyperparams(beta: Any, c: Any, eps: Any, eps_name: str,
   _common.check_choice("cdf", cdf, CDFS)
 
 
-# ------------------------------------------------------- per-step scalars
 
 
-class _Ema(NamedTuple):
-  """The per-step scalars of one EMA, in the statistics dtype."""
-
-  decay: jax.Array
-  one_minus_decay: jax.Array
-  inv_bias_correction: jax.Array  # 1 / b_t, b_t = 1 - decay^t
-
-
-def _ema_scalars(decay: Any, count: jax.Array, dtype: jnp.dtype) -> _Ema:
-  # The decay is cast to the statistics dtype (never to bfloat16, where
-  # 0.999 == 1) and every power of it comes from that one value.
-  decay = jnp.asarray(decay).astype(dtype)
-  one = jnp.ones((), dtype)
-  return _Ema(decay, one - decay, one / (one - decay**count))
+def _check_cprop_adam_hyperparams(learning_rate: Any, b1: Any, b2: Any,
+                                  eps: Any, weight_decay: Any, beta: Any,
+                                  c: Any, cprop_eps: Any, cdf: Any) -> None:
+  for name, value in (("b1", b1), ("b2", b2)):  # a bad b2 is named b2
+    _common.check_range(name, value, lower=0.0, upper=1.0,
+                        upper_inclusive=False)
+  _check_cprop_hyperparams(beta, c, cprop_eps, "cprop_eps", cdf)
+  for name, value in (("learning_rate", learning_rate), ("eps", eps),
+                      ("weight_decay", weight_decay)):
+    _common.check_range(name, value, lower=0.0)
 
 
-def _ema(moment: jax.Array, value: jax.Array, e: _Ema) -> jax.Array:
-  """decay·moment + (1 - decay)·value, in optax's operand order."""
-  return e.one_minus_decay * value + e.decay * moment
-
-
-def _update_moment(values: Any, moments: Any, e: dict[Any, _Ema],
-                   order: int) -> Any:
-  """``optax.tree.update_moment`` with ``e`` of each moment's dtype."""
-  return jax.tree.map(
-      lambda g, t: _ema(t, g if order == 1 else g * g, e[t.dtype]), values,
-      moments)
-
-
-class _Constants(NamedTuple):
-  """CProp's scalars of one step in one dtype (literals too, see _scale_sum).
-
-  The first three fields are those of :class:`_Ema` (decay beta).
-  """
-
-  decay: jax.Array
-  one_minus_decay: jax.Array
-  inv_bias_correction: jax.Array
-  inv_dof: jax.Array  # 1 / (max(n_t - 1, 0) + eps), 0 while n_t - 1 == 0
-  eps: jax.Array
-  c: jax.Array
-  zero: jax.Array
-  one: jax.Array
-  cdf_a: jax.Array  # 2|P - 1/2| = F(|z| (cdf_a z² + cdf_b)), F = erf or tanh
-  cdf_b: jax.Array
-
-
-# (cdf_a, cdf_b) per CDF (docs/cprop.md, table of `cdf`): bft is
-# tanh((0.07056 |z|³ + 1.5976 |z|) / 2).
-_CDF_COEFFICIENTS = {
-    "normal": (0.0, 1 / math.sqrt(2)),  # erf(|z| / √2)
-    "bft": (0.07056 / 2, 1.5976 / 2),
-    "bfo": (0.0, 1.702 / 2),
-    "logistic": (0.0, math.pi / (2 * math.sqrt(3))),
-}
-
-
-def _constants(count: jax.Array, beta: Any, c: Any, eps: Any, cdf: str,
-               dtype: jnp.dtype) -> _Constants:
-  """The scalars of step ``count`` >= 1, with the guards of docs/cprop.md.
-
-  n_t - 1 comes from the same beta as b_t, so it is exactly 0 at t = 1,
-  where σ̂² is taken as 0: s_1 = min(1, c) exactly ("Step 1").
-  """
-  ema = _ema_scalars(beta, count, dtype)
-  beta, one = ema.decay, jnp.ones((), dtype)
-  # n_t - 1 = β (1 - β^{t-1}) / (1 - β) = Σ_{k=1}^{t-1} β^k
-  n_minus_1 = beta * (one - beta ** (count - 1)) / ema.one_minus_decay
-  eps = jnp.asarray(eps).astype(dtype)
-  dof = jnp.maximum(n_minus_1, 0) + eps
-  has_spread = (count > 1) & (n_minus_1 > 0)
-  inv_dof = jnp.where(has_spread, one / jnp.where(has_spread, dof, one), 0)
-  # se >= ε > 0; the floor only matters for eps == 0, where it turns the 0/0
-  # of an all-zero gradient into z = 0 (s = 0) instead of NaN.
-  se_eps = jnp.maximum(eps, jnp.finfo(dtype).tiny)
-  cdf_a, cdf_b = (jnp.asarray(x, dtype) for x in _CDF_COEFFICIENTS[cdf])
-  return _Constants(
-      *ema, inv_dof=inv_dof, eps=se_eps, c=jnp.asarray(c).astype(dtype),
-      zero=jnp.zeros((), dtype), one=one, cdf_a=cdf_a, cdf_b=cdf_b)
-
-
-def _per_dtype(tree: Any, fn: Callable[[Any], Any]) -> dict[Any, Any]:
-  """``{dtype: fn(dtype)}`` for the dtypes of ``tree``'s leaves."""
-  dtypes = dict.fromkeys(x.dtype for x in jax.tree.leaves(tree))
-  return {dtype: fn(dtype) for dtype in dtypes}
+def _scaled_adam_step(g: jax.Array, mu: jax.Array, nu: jax.Array,
+                      conformity: jax.Array, e1: stats.Ema, e2: stats.Ema,
+                      k: stats.Constants, eps: Any, step_size: Any
+                      ) -> jax.Array:
+  """-lr · Adam's bias-corrected step · s, in the dtype of ``g``."""
+  eps = _cast(eps, conformity)
+  nu_hat = nu * e2.inv_bias_correction
+  step = (mu * e1.inv_bias_correction) / (jnp.sqrt(nu_hat) + eps)
+  u = -_cast(step_size, conformity) * step * stats.scale(conformity, k)
+  return u.astype(g.dtype)
 
 
 def _cast(x: Any, like: jax.Array) -> jax.Array:
   return jnp.asarray(x).astype(like.dtype)
-
-
-# ------------------------------------------------------------ the scale s
-
-
-def _conformity(m: jax.Array, v: jax.Array, k: _Constants,
-                cdf: str) -> jax.Array:
-  """2|P - 1/2| from the already updated EMAs m, v, evaluated at |z|.
-
-  |z| = |m̂| · (1/se): XLA:CPU would not fuse a division whose result is
-  used twice (|z| is, in the cubic of ``bft``).
-  """
-  m_hat = m * k.inv_bias_correction
-  v_hat = v * k.inv_bias_correction
-  # σ̂² = max(v̂ - m̂², 0) as a select, so that inf - inf (gradients beyond
-  # sqrt(float32 max) ~ 1.8e19) gives σ̂² = 0 instead of NaN.
-  spread = v_hat - m_hat * m_hat
-  variance = jnp.where(spread > k.zero, spread, k.zero)
-  inv_se = k.one / (jnp.sqrt(variance * k.inv_dof) + k.eps)  # 1 / se
-  abs_z = jnp.abs(m_hat) * inv_se
-  if cdf == "bft":  # (0.07056 |z|³ + 1.5976 |z|) / 2; tanh(inf) = 1
-    arg = abs_z * (k.cdf_a * (abs_z * abs_z) + k.cdf_b)
-  else:
-    arg = abs_z * k.cdf_b
-  return jax.lax.erf(arg) if cdf == "normal" else _tanh_of_nonnegative(arg)
-
-
-# Eigen's rational approximation of tanh on [0, _TANH_CLAMP], the one that
-# XLA:CPU emits for float32 tanh: x P(x²) / Q(x²), coefficients highest
-# power first. Its relative error is below 4e-7 on [0, inf).
-_TANH_P = (-2.76076847742355e-16, 2.00018790482477e-13,
-           -8.60467152213735e-11, 5.12229709037114e-08,
-           1.48572235717979e-05, 6.37261928875436e-04,
-           4.89352455891786e-03)
-_TANH_Q = (1.19825839466702e-06, 1.18534705686654e-04,
-           2.26843463243900e-03, 4.89352518554385e-03)
-_TANH_CLAMP = 7.99881172180175781  # tanh rounds to 1.0 from here on
-
-
-def _polynomial(coefficients: tuple[float, ...], x: jax.Array) -> jax.Array:
-  """Σ c_i x^(n-i) by Estrin's scheme (coefficients highest power first).
-
-  Its chain of dependent multiply-adds is log2(n) deep instead of Horner's
-  n - 1: the CPU update loop is bound by that chain.
-  """
-  terms = [jnp.asarray(c, x.dtype) for c in reversed(coefficients)]
-  power = x
-  while len(terms) > 1:
-    pairs = [terms[i:i + 2] for i in range(0, len(terms), 2)]
-    terms = [p[0] + p[1] * power if len(p) == 2 else p[0] for p in pairs]
-    power = power * power
-  return jnp.broadcast_to(terms[0], x.shape)
-
-
-def _tanh_of_nonnegative(x: jax.Array) -> jax.Array:
-  """tanh(x) for x >= 0 (NaN stays NaN); float64 uses ``jnp.tanh``.
-
-  A general tanh's sign, tiny-argument and saturation branches are not
-  needed at |z|-based arguments; dropping them makes the CPU update faster
-  (docs/results.md, "CProp on XLA's loops").
-  """
-  if x.dtype != jnp.float32:
-    return jnp.tanh(x)
-  saturated = x > _TANH_CLAMP  # False for NaN, which stays NaN
-  x = jnp.where(saturated, _TANH_CLAMP, x)
-  x2 = x * x
-  # x times the ratio, not the ratio of x P: x P would flush to zero
-  # for x below ~2e-36, losing tanh(x) = x.
-  rational = x * (_polynomial(_TANH_P, x2) / _polynomial(_TANH_Q, x2))
-  # Exactly 1 when saturated also without fused multiply-adds (op by op).
-  return jnp.where(saturated, 1.0, rational)
-
-
-def _scale(conformity: jax.Array, k: _Constants) -> jax.Array:
-  """s = min(1, c · 2|P - 1/2|) as a select, so that NaN stays NaN."""
-  scaled = k.c * conformity
-  return jnp.where(scaled > k.one, k.one, scaled)
-
-
-# ---------------------------------------------------------- the mean scale
-
-
-def _as_rows(x: jax.Array) -> jax.Array:
-  """``x`` with at least 2 axes, for a row reduction (a free reshape).
-
-  A 1-D leaf is split into rows unless it is explicitly sharded (reshaping
-  sharded axes can be a ``ShardingTypeError``).
-  """
-  if x.ndim >= 2:
-    return x
-  if x.ndim == 1 and not _common.explicitly_sharded(x):
-    width = next((w for w in (1024, 512, 256, 128) if x.size % w == 0), None)
-    if width is not None:
-      return x.reshape(x.size // width, width)
-  return x.reshape(1, 1) if x.ndim == 0 else x[None]
-
-
-def _scale_sum(conformity: jax.Array, d: jax.Array, m_prev: jax.Array,
-               v_prev: jax.Array, k: _Constants, unit: jax.Array,
-               cdf: str) -> jax.Array:
-  """Σ s over one leaf (statistics dtype), in the form each backend fuses.
-
-  XLA:CPU sums the conformity that the update materialises (recomputing
-  the CDF in a reduction is several times slower there); elsewhere s is
-  recomputed from the step's inputs (``d``, the EMAs before it) as row
-  sums, which XLA:GPU fuses with the update into one kernel (measurements:
-  docs/results.md). The constants are multiplied by ``unit``, a runtime
-  True, so that XLA does not share them with the update: on CPU a shared
-  scalar broadcast is materialised at full size.
-  """
-
-  def unshared(k):
-    return jax.tree.map(lambda x: x * unit.astype(x.dtype), k)
-
-  def materialised_sum(conformity, d, m_prev, v_prev):  # XLA:CPU
-    del d, m_prev, v_prev
-    k1 = unshared(k)
-    # Constant first: XLA:CPU's YNNPACK reduction fuses a minimum (not a
-    # select), and its minimum returns the second operand, here the NaN.
-    return jnp.sum(jnp.minimum(k1.one, k1.c * conformity))
-
-  def recomputed_sum(conformity, d, m_prev, v_prev):
-    del conformity
-    k1 = unshared(k)
-    d, m_prev, v_prev = (_as_rows(x) for x in (d, m_prev, v_prev))
-    m, v = _ema(m_prev, d, k1), _ema(v_prev, d * d, k1)
-    s = _scale(_conformity(m, v, k1, cdf), k1)
-    return jnp.sum(jnp.sum(s, axis=-1, dtype=k1.one.dtype))
-
-  if d.size == 0:
-    return jnp.zeros((), k.one.dtype)
-  return jax.lax.platform_dependent(
-      conformity, d, m_prev, v_prev, cpu=materialised_sum,
-      default=recomputed_sum)
-
-
-def _mean_scale(conformity: Any, d: Any, m_prev: Any, v_prev: Any,
-                k: dict[Any, _Constants], count: jax.Array, cdf: str,
-                axis_name: Hashable | None, dtype: jnp.dtype) -> jax.Array:
-  """Element-weighted mean of s over all leaves, in ``dtype``.
-
-  With ``axis_name`` the sums and sizes of every shard along that mapped
-  axis are added up first, so that model-parallel shards agree on the mean.
-  """
-  unit = count > 0  # a runtime True, see _scale_sum
-  sums = jax.tree.leaves(jax.tree.map(
-      lambda x, *args: _scale_sum(x, *args, k[x.dtype], unit, cdf),
-      conformity, d, m_prev, v_prev))
-  size = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(conformity))
-  total = (sum(sums) if sums else jnp.zeros((), dtype)).astype(dtype)
-  if axis_name is not None:
-    total, size = jax.lax.psum((total, jnp.asarray(size, dtype)), axis_name)
-  elif size == 0:
-    return jnp.ones((), dtype)
-  return jnp.where(size > 0, total / jnp.maximum(size, 1), 1).astype(dtype)
-
-
-def _adam_step(mu: jax.Array, nu: jax.Array, e1: _Ema, e2: _Ema,
-               eps: jax.Array) -> jax.Array:
-  """Adam's bias-corrected step from the updated moments (before -lr)."""
-  nu_hat = nu * e2.inv_bias_correction
-  return (mu * e1.inv_bias_correction) / (jnp.sqrt(nu_hat) + eps)
 
 
 def _initial_mean_scale(params: Any, track_mean_scale: bool) -> Any:
@@ -369,12 +144,13 @@ def cprop(
 
   where :math:`F` is the normal CDF or an approximation (``cdf``), and
   :math:`\hat\sigma_1^2 := 0`, so that :math:`s_1 = \min(1, c)` for every
-  non-zero gradient. The scale multiplies the *output* of ``inner``: its
-  state (e.g. a momentum buffer) accumulates unscaled quantities, as in the
-  reference implementation. Statistics are float32 for bfloat16/float16
-  params and in the params' dtype otherwise. ``state.mean_scale`` is the
-  element-weighted mean of :math:`s_t` over all parameters (plotted in the
-  paper; 1 before the first update). Details: docs/cprop.md.
+  non-zero gradient. The scale multiplies the *output* of ``inner``, whose
+  state (e.g. a momentum buffer) accumulates unscaled quantities as in the
+  reference implementation: wrap the optimizer, do not chain CProp before or
+  after it (docs/cprop.md, "Placement"). Statistics are float32 for
+  bfloat16/float16 params and in the params' dtype otherwise.
+  ``state.mean_scale`` is the element-weighted mean of :math:`s_t` over all
+  parameters (plotted in the paper; 1 before the first update).
 
   Args:
     inner: the transformation whose updates are scaled, e.g.
@@ -415,10 +191,6 @@ def cprop(
   References:
     Preechakul & Kijsirikul, `CProp: Adaptive Learning Rate Scaling from Past
     Gradient Conformity <https://arxiv.org/abs/1912.11493>`_, 2019.
-
-  .. note::
-    Wrap the optimizer instead of chaining CProp before or after it
-    (docs/cprop.md, "Placement").
   """
   if not (callable(getattr(inner, "init", None))
           and callable(getattr(inner, "update", None))):
@@ -430,31 +202,30 @@ def cprop(
 
   def init_fn(params):
     _common.check_float_leaves(params, "cprop")
+    zeros = lambda: _common.stats_zeros_like(params)
     return CPropState(
-        count=jnp.zeros([], jnp.int32),
-        m=_common.stats_zeros_like(params),
-        v=_common.stats_zeros_like(params),
+        count=jnp.zeros([], jnp.int32), m=zeros(), v=zeros(),
         inner_state=inner.init(params),
-        mean_scale=_initial_mean_scale(params, track_mean_scale),
-    )
+        mean_scale=_initial_mean_scale(params, track_mean_scale))
 
   def update_fn(updates, state, params=None, **extra_args):
     inner_updates, inner_state = inner_update(
         updates, state.inner_state, params, **extra_args)
     count = optax.safe_int32_increment(state.count)
-    k = _per_dtype(state.m, lambda dtype: _constants(
+    k = stats.per_dtype(state.m, lambda dtype: stats.constants(
         count, beta, c, eps, cdf, dtype))
     g = jax.tree.map(lambda g, m: g.astype(m.dtype), updates, state.m)
-    m, v = _update_moment(g, state.m, k, 1), _update_moment(g, state.v, k, 2)
+    m = stats.update_moment(g, state.m, k, 1)
+    v = stats.update_moment(g, state.v, k, 2)
     conformity = jax.tree.map(
-        lambda m, v: _conformity(m, v, k[m.dtype], cdf), m, v)
+        lambda m, v: stats.conformity(m, v, k[m.dtype], cdf), m, v)
     new_updates = jax.tree.map(
-        lambda u, x: (u.astype(x.dtype) * _scale(x, k[x.dtype])).astype(
+        lambda u, x: (u.astype(x.dtype) * stats.scale(x, k[x.dtype])).astype(
             u.dtype), inner_updates, conformity)
     mean_scale = None
     if track_mean_scale:
-      mean_scale = _mean_scale(conformity, g, state.m, state.v, k, count, cdf,
-                               axis_name, state.mean_scale.dtype)
+      mean_scale = stats.mean_scale(conformity, g, state.m, state.v, k, count,
+                                    cdf, axis_name, state.mean_scale.dtype)
     return new_updates, CPropState(count, m, v, inner_state, mean_scale)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -571,11 +342,8 @@ def cprop_adam(
   :math:`d_t`. With ``beta=None`` (the default) CProp's decay is ``b2`` and
   its second moment *is* :math:`\nu_t`: 3 slots per parameter (μ, ν,
   CProp's m) instead of the 4 of ``cprop(optax.adam(...))``. An explicit
-  ``beta`` gives CProp its own second moment, and the update matches
-  ``optax.chain(optax.add_decayed_weights(weight_decay),
-  cprop(optax.adam(learning_rate, b1, b2, eps), beta, c, cprop_eps, cdf))``
-  to float rounding. The layout depends only on whether ``beta`` is given,
-  so :func:`optax.inject_hyperparams` keeps it.
+  ``beta`` adds CProp's own second moment; the update then equals the
+  chain of docs/cprop.md, "Hyperparameters", to float rounding.
 
   Args:
     learning_rate: a fixed learning rate or a schedule of the step count.
@@ -618,15 +386,10 @@ def cprop_adam(
     Kingma & Ba, `Adam: A Method for Stochastic Optimization
     <https://arxiv.org/abs/1412.6980>`_, 2014.
   """
-  for name, value in (("b1", b1), ("b2", b2)):  # a bad b2 is named b2
-    _common.check_range(name, value, lower=0.0, upper=1.0,
-                        upper_inclusive=False)
   share = beta is None  # CProp's v is then Adam's ν
   cprop_beta = b2 if share else beta
-  _check_cprop_hyperparams(cprop_beta, c, cprop_eps, "cprop_eps", cdf)
-  for name, value in (("learning_rate", learning_rate), ("eps", eps),
-                      ("weight_decay", weight_decay)):
-    _common.check_range(name, value, lower=0.0)
+  _check_cprop_adam_hyperparams(learning_rate, b1, b2, eps, weight_decay,
+                                cprop_beta, c, cprop_eps, cdf)
   no_decay = _common.is_concrete_number(weight_decay) and weight_decay == 0
 
   def init_fn(params):
@@ -641,31 +404,28 @@ def cprop_adam(
     del extra_args
     step_size = _common.value_at(learning_rate, state.count)
     count = optax.safe_int32_increment(state.count)
-    k = _per_dtype(state.mu, lambda dtype: _constants(
+    k = stats.per_dtype(state.mu, lambda dtype: stats.constants(
         count, cprop_beta, c, cprop_eps, cdf, dtype))
-    k1 = _per_dtype(state.mu, lambda dtype: _ema_scalars(b1, count, dtype))
-    k2 = _per_dtype(state.mu, lambda dtype: _ema_scalars(b2, count, dtype))
+    k1, k2 = (stats.per_dtype(state.mu, lambda dtype, b=b: stats.ema_scalars(
+        b, count, dtype)) for b in (b1, b2))
     d = jax.tree.map(lambda g, mu: g.astype(mu.dtype), updates, state.mu)
     if not no_decay:  # the L2 term, seen by Adam and CProp
       _common.require_params(params, "cprop_adam with weight_decay")
       d = jax.tree.map(lambda d, p: d + _cast(weight_decay, d) * p.astype(
           d.dtype), d, params)
-    mu, nu = _update_moment(d, state.mu, k1, 1), _update_moment(
-        d, state.nu, k2, 2)
-    m = _update_moment(d, state.m, k, 1)
-    v = nu if share else _update_moment(d, state.v, k, 2)
+    mu = stats.update_moment(d, state.mu, k1, 1)
+    nu = stats.update_moment(d, state.nu, k2, 2)
+    m = stats.update_moment(d, state.m, k, 1)
+    v = nu if share else stats.update_moment(d, state.v, k, 2)
     conformity = jax.tree.map(
-        lambda m, v: _conformity(m, v, k[m.dtype], cdf), m, v)
-
-    def scaled_step(g, mu, nu, x):  # -lr · Adam's step · s
-      step = _adam_step(mu, nu, k1[x.dtype], k2[x.dtype], _cast(eps, x))
-      u = -_cast(step_size, x) * step * _scale(x, k[x.dtype])
-      return u.astype(g.dtype)
-
-    new_updates = jax.tree.map(scaled_step, updates, mu, nu, conformity)
+        lambda m, v: stats.conformity(m, v, k[m.dtype], cdf), m, v)
+    new_updates = jax.tree.map(
+        lambda g, mu, nu, x: _scaled_adam_step(
+            g, mu, nu, x, k1[x.dtype], k2[x.dtype], k[x.dtype], eps, step_size),
+        updates, mu, nu, conformity)
     mean_scale = None
     if track_mean_scale:
-      mean_scale = _mean_scale(
+      mean_scale = stats.mean_scale(
           conformity, d, state.m, state.nu if share else state.v, k, count,
           cdf, axis_name, state.mean_scale.dtype)
     return new_updates, CPropAdamState(

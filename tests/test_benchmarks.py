@@ -20,7 +20,7 @@ pytest.importorskip("tqdm")
 from benchmarks import compare, cprop_breakdown, cprop_passes, models, train
 from benchmarks import optimizers as registry
 from benchmarks import tasks as task_registry
-from optax_adaptive import _cprop
+from optax_adaptive import _cprop_stats
 
 
 @pytest.fixture(name="tiny_digits")
@@ -263,10 +263,10 @@ def test_cprop_breakdown_variants_run_and_tanh_swap_is_rounding_only():
   own, general = updates["no mean scale"], updates["no mean scale, jnp.tanh"]
   np.testing.assert_allclose(own, general, rtol=1e-6, atol=1e-12)
   assert not np.allclose(own, updates["scale 1"], rtol=1e-3)
-  own_tanh = _cprop._tanh_of_nonnegative
+  own_tanh = _cprop_stats.tanh_of_nonnegative
   with cprop_breakdown._general_tanh():
-    assert _cprop._tanh_of_nonnegative is jnp.tanh
-  assert _cprop._tanh_of_nonnegative is own_tanh
+    assert _cprop_stats.tanh_of_nonnegative is jnp.tanh
+  assert _cprop_stats.tanh_of_nonnegative is own_tanh
 
 
 _SYNTHETIC_HLO = """\

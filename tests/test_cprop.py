@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 import optax_adaptive as oa
-from optax_adaptive import _cprop
+from optax_adaptive import _cprop, _cprop_stats
 from optax_adaptive._cprop import (
     CPropAdamState,
     CPropState,
@@ -127,8 +127,8 @@ def test_alternating_gradient_scale_settles_near_zero():  # s ≈ 0.012615
 
 @pytest.mark.parametrize("jit", [False, True])
 def test_own_tanh_matches_float64_tanh(jit):
-  tanh = jax.jit(_cprop._tanh_of_nonnegative) if jit else (
-      _cprop._tanh_of_nonnegative)
+  tanh = jax.jit(_cprop_stats.tanh_of_nonnegative) if jit else (
+      _cprop_stats.tanh_of_nonnegative)
   x = np.concatenate([
       [0.0], np.geomspace(1e-37, 1e-3, 2001), np.linspace(0.0, 30.0, 30001),
       [7.99, 7.9988117, 8.0, 1e13, np.float32(np.finfo(np.float32).max)],
@@ -148,14 +148,14 @@ def test_estrin_polynomial_matches_polyval(degree):
   coefficients = tuple(float(c) for c in np.arange(1, degree + 2) * 0.37)
   x = np.linspace(-2.0, 2.0, 41)
   np.testing.assert_allclose(
-      _cprop._polynomial(coefficients, jnp.asarray(x, jnp.float32)),
+      _cprop_stats.polynomial(coefficients, jnp.asarray(x, jnp.float32)),
       np.polyval(coefficients, x), rtol=2e-6, atol=1e-6)
 
 
 @pytest.mark.usefixtures("x64")
 def test_own_tanh_keeps_float64_precision():
   x = jnp.linspace(0.0, 10.0, 1001, dtype=jnp.float64)
-  np.testing.assert_allclose(_cprop._tanh_of_nonnegative(x), np.tanh(x),
+  np.testing.assert_allclose(_cprop_stats.tanh_of_nonnegative(x), np.tanh(x),
                              rtol=1e-15)
 
 
