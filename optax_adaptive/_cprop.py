@@ -73,8 +73,6 @@ def _check_cprop_hyperparams(beta: Any, c: Any, eps: Any, eps_name: str,
   _common.check_choice("cdf", cdf, CDFS)
 
 
-
-
 def _check_cprop_adam_hyperparams(learning_rate: Any, b1: Any, b2: Any,
                                   eps: Any, weight_decay: Any, beta: Any,
                                   c: Any, cprop_eps: Any, cdf: Any) -> None:
@@ -87,6 +85,10 @@ def _check_cprop_adam_hyperparams(learning_rate: Any, b1: Any, b2: Any,
     _common.check_range(name, value, lower=0.0)
 
 
+def _cast(x: Any, like: jax.Array) -> jax.Array:
+  return jnp.asarray(x).astype(like.dtype)
+
+
 def _scaled_adam_step(g: jax.Array, mu: jax.Array, nu: jax.Array,
                       conformity: jax.Array, e1: stats.Ema, e2: stats.Ema,
                       k: stats.Constants, eps: Any, step_size: Any
@@ -97,10 +99,6 @@ def _scaled_adam_step(g: jax.Array, mu: jax.Array, nu: jax.Array,
   step = (mu * e1.inv_bias_correction) / (jnp.sqrt(nu_hat) + eps)
   u = -_cast(step_size, conformity) * step * stats.scale(conformity, k)
   return u.astype(g.dtype)
-
-
-def _cast(x: Any, like: jax.Array) -> jax.Array:
-  return jnp.asarray(x).astype(like.dtype)
 
 
 def _initial_mean_scale(params: Any, track_mean_scale: bool) -> Any:
@@ -309,7 +307,6 @@ def cprop_sgd(
   )
   return cprop(inner, beta=beta, c=c, eps=eps, cdf=cdf,
                track_mean_scale=track_mean_scale, axis_name=axis_name)
-
 
 
 def cprop_adam(
