@@ -32,9 +32,9 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from benchmarks import optimizers as opt_registry
-from benchmarks import tasks as task_registry
-from benchmarks import train
+from benchmarks.harness import optimizers as opt_registry
+from benchmarks.harness import tasks as task_registry
+from benchmarks.harness import train
 
 DEFAULT_SEEDS = 2
 FULL_SEEDS = 5
@@ -288,7 +288,7 @@ def _write_outputs(task, records, skipped, epochs, seeds, task_dir, *,
                    for r in rs] for n, rs in records.items()},
   }, indent=1))
   if plots and records:
-    from benchmarks import plots as plot_lib
+    from benchmarks.harness import plots as plot_lib
     plot_lib.plot_task(task, records, task_dir)
   return table
 

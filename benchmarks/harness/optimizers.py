@@ -17,7 +17,8 @@ Families:
 
 Library entries are resolved lazily. A method whose module does not import
 (yet) is reported by :func:`availability` with the reason, listed as
-unavailable by ``benchmarks.compare`` and skipped, never dropped silently.
+unavailable by ``benchmarks.harness.compare`` and skipped, never dropped
+silently.
 """
 
 from __future__ import annotations

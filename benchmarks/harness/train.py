@@ -25,8 +25,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from benchmarks.optimizers import OptimizerSpec
-from benchmarks.tasks import Task
+from benchmarks.harness.optimizers import OptimizerSpec
+from benchmarks.harness.tasks import Task
 
 # Curves stored in the JSON are thinned to at most this many points.
 MAX_TRACE_POINTS = 500
