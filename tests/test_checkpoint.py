@@ -27,8 +27,8 @@ import pytest
 import optax_adaptive as oa
 from tests import _checkpoint_worker as W
 from tests import _cnn_tasks as T
+from tests import _registry as R
 from tests import _utils
-from tests import test_conformance as C
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 WORKER_TIMEOUT_S = 540
@@ -213,7 +213,7 @@ def test_linen_train_state_round_trip(tmp_path):
 
 @pytest.mark.parametrize("model", [_utils.mlp_problem, _utils.cnn_problem],
                          ids=["mlp", "cnn"])
-@pytest.mark.parametrize("case", C.CASES, ids=[c.name for c in C.CASES])
+@pytest.mark.parametrize("case", R.CASES, ids=R.ids(R.CASES))
 def test_every_method_state_is_checkpointable(tmp_path, case, model):
   """orbax saves and restores every public factory's state, any model.
 
@@ -222,7 +222,7 @@ def test_every_method_state_is_checkpointable(tmp_path, case, model):
   """
   params, objective = model()
   tx = case.build()
-  step = jax.jit(C._make_step(case, tx, objective))
+  step = jax.jit(R.make_step(case, tx, objective))
   state = tx.init(params)
   for _ in range(2):
     params, state, _ = step(params, state)
