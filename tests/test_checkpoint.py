@@ -126,7 +126,7 @@ def test_resume_in_fresh_process_is_bit_exact_all_methods(tmp_path):
 
 
 def test_recipes_resume_in_fresh_process_is_bit_exact(tmp_path):
-  """The recipes of docs/choosing.md (issue 19). Their FSDP restore is not
+  """The recipes of docs/choosing.md. Their FSDP restore is not
   checked: the worker's FSDP layout uses Explicit mesh axes, on which
   prodigy cannot update (``T.RECIPE_LIMITS``)."""
   _check(tmp_path, [m.name for m in T.RECIPES], "single")

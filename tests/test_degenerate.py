@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 # ==============================================================================
-"""Degenerate input for every public transformation (issue 9).
+"""Degenerate input for every public transformation.
 
 All-zero gradients and parameters, empty pytrees, ``None`` leaves,
 ``optax.masked`` holes, leaves with a zero-sized axis, 1x1 / depthwise /

@@ -108,7 +108,7 @@ def _acc(runs):
 
 
 def claims(records: dict[str, list[dict]]) -> str:
-  """The papers' claims (issue 7 §2) next to what these runs show."""
+  """The papers' claims (docs/results.md) next to what these runs show."""
   lines = []
 
   def have(*names):
@@ -158,7 +158,7 @@ def claims(records: dict[str, list[dict]]) -> str:
   return "\nClaims checked on this task:\n\n" + "\n".join(lines) + "\n"
 
 
-# Issue 19: each combination (or control) on a learning-rate-free optimizer,
+# Each combination (or control) on a learning-rate-free optimizer
 # and the optimizer it is built on.
 COMBINATIONS = (
     ("autodrop-prodigy", "prodigy"),

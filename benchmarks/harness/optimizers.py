@@ -386,7 +386,7 @@ _SPECS = [
 ]
 
 # ---------------------------------------- on learning-rate-free optimizers
-# Issue 19: our methods composed with optax's learning-rate-free optimizers,
+# Our methods composed with optax's learning-rate-free optimizers,
 # at everyone's defaults, exactly as a user writes them. AutoDrop goes last
 # in the chain and scales the final update; CProp wraps the inner optimizer.
 

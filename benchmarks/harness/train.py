@@ -174,7 +174,7 @@ class Trainer:
     m = self.spec.approx_batches
     if m:
       # The first of the M approximation batches is the step's own batch
-      # (labpal.md §7.3), the others are drawn at random.
+      # (docs/results.md, the labpal row), the others are drawn at random.
       extra = rng.integers(0, n, size=(steps, m - 1, size))
       approx_idx = np.concatenate([idx[:, None], extra], axis=1)
     else:
