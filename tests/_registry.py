@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+import pytest
 
 import optax_adaptive as oa
 
@@ -60,6 +61,8 @@ class Case:
       ``(objective, value, grad, batch)`` where ``needs`` is not enough.
     line_search: extra keyword arguments are data for ``value_fn``, and one
       that it does not take is an error (checked instead of (a)).
+    slow: a further configuration of a factory that another case runs in
+      the default tier; the batteries run this one with ``-m slow``.
   """
 
   name: str
@@ -78,6 +81,7 @@ class Case:
   skips: dict[str, str] = dataclasses.field(default_factory=dict)
   extra: Callable[..., dict[str, Any]] | None = None
   line_search: bool = False
+  slow: bool = False
 
   def build(self, **overrides):
     return self.compose(self.factory(**{**self.kwargs, **overrides}))
@@ -103,6 +107,7 @@ CASES = [
         "cprop_adam_wrapper",
         _bind_inner(oa.cprop, optax.adam(0.01)),
         dict(beta=0.99, cdf="normal"),
+        slow=True,
     ),
     Case(
         "cprop_sgd",
@@ -118,6 +123,7 @@ CASES = [
         "cprop_adam_separate",
         oa.cprop_adam,
         dict(learning_rate=0.01, b2=0.99, beta=0.999, weight_decay=1e-4),
+        slow=True,
     ),
 ]
 
@@ -186,6 +192,7 @@ CASES += [
         # rate every window stalls it; the default factor 0.95 converges.
         converge_kwargs=dict(window_size=16, drop_factor=0.95,
                              min_scale=0.0),
+        slow=True,
     ),
     Case(
         "autodrop_v1_after_sgd",
@@ -312,6 +319,7 @@ RECIPE_CASES = [
         dict(learning_rate=1.0, estim_lr0=0.1),
         compose=lambda tx: optax.chain(tx, oa.autodrop(**_RECIPE_CONVERGE)),
         skips=_PRODIGY_SKIPS,
+        slow=True,
     ),
     Case(
         "autodrop_prodigy",
@@ -447,3 +455,27 @@ def make_step(case, tx, objective, extra=None):
     return optax.apply_updates(params, updates), state, updates
 
   return step
+
+
+def params(cases, values=None, fast_values=None, value_ids=str):
+  """pytest parameters ``case`` (or ``case, value`` for each of ``values``).
+
+  A case marked ``slow`` runs in the slow tier, and so does every value
+  outside ``fast_values`` (when given): the default tier keeps each case
+  with one or a few values. Ids are ``case`` or ``value-case``.
+  """
+  out = []
+  for case in cases:
+    if values is None:
+      out.append(pytest.param(case, id=case.name, marks=_tier(case.slow)))
+      continue
+    for value in values:
+      slow = case.slow or (fast_values is not None
+                           and value not in fast_values)
+      out.append(pytest.param(case, value, id=f"{value_ids(value)}-{case.name}",
+                              marks=_tier(slow)))
+  return out
+
+
+def _tier(slow):
+  return (pytest.mark.slow,) if slow else ()

@@ -211,9 +211,12 @@ def test_linen_train_state_round_trip(tmp_path):
 # ------------------------------------------- every method, any model kind
 
 
-@pytest.mark.parametrize("model", [_utils.mlp_problem, _utils.cnn_problem],
-                         ids=["mlp", "cnn"])
-@pytest.mark.parametrize("case", R.CASES, ids=R.ids(R.CASES))
+# The default tier saves each case's state for the MLP (the model that once
+# broke AdaS); the CNN runs with -m slow.
+@pytest.mark.parametrize("model", [
+    _utils.mlp_problem, pytest.param(_utils.cnn_problem, marks=pytest.mark.slow)
+], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("case", R.params(R.CASES))
 def test_every_method_state_is_checkpointable(tmp_path, case, model):
   """orbax saves and restores every public factory's state, any model.
 

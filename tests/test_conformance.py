@@ -119,7 +119,13 @@ def _library_states(tree):
   return found
 
 
-parametrize_cases = pytest.mark.parametrize("case", R.CASES, ids=R.ids(R.CASES))
+parametrize_cases = pytest.mark.parametrize("case", R.params(R.CASES))
+
+
+def parametrize_cases_and(name, values, fast):
+  """Cases x ``values``; the default tier runs the ``fast`` values."""
+  return pytest.mark.parametrize(
+      ("case", name), R.params(R.CASES, values, fast_values=fast))
 
 # ------------------------------------------------------------------ checks
 
@@ -170,8 +176,7 @@ def test_c_map_params(case):
       assert before.shape in param_shapes, f"mapped a {before.shape} leaf"
 
 
-@parametrize_cases
-@pytest.mark.parametrize("target", list(TARGETS))
+@parametrize_cases_and("target", list(TARGETS), fast=("mixed",))
 def test_d_minimises(case, target):
   _skip_if(case, "d")
   _skip_if(case, f"d-{target}")
@@ -255,8 +260,7 @@ def test_e_injecting_a_shape_arg_names_the_fix(case, arg):
   assert f'static_args=("{arg}",)' in message
 
 
-@parametrize_cases
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@parametrize_cases_and("dtype", ["bfloat16", "float32"], fast=("bfloat16",))
 def test_f_preserves_dtype(case, dtype):
   _skip_if(case, "f")
   tx = case.build()
@@ -271,8 +275,7 @@ def test_f_preserves_dtype(case, dtype):
   _utils.assert_tree_all_finite(updates)
 
 
-@parametrize_cases
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@parametrize_cases_and("dtype", ["bfloat16", "float32"], fast=("bfloat16",))
 def test_g_multisteps(case, dtype):
   _skip_if(case, "g")
   tx = case.build()
@@ -290,9 +293,8 @@ def test_g_multisteps(case, dtype):
   _utils.assert_tree_all_finite(params1)
 
 
-@parametrize_cases
-@pytest.mark.parametrize(
-    "dtype", ["float16", "bfloat16", "float32", "float64"])
+@parametrize_cases_and("dtype", ["float16", "bfloat16", "float32", "float64"],
+                       fast=("bfloat16",))
 def test_h_state_stable_under_cond(case, dtype):
   _skip_if(case, "h")
   with jax.enable_x64(dtype == "float64"):
@@ -461,8 +463,7 @@ def _param_shardings(mesh):
           "b": NamedSharding(mesh, P("x"))}
 
 
-@parametrize_cases
-@pytest.mark.parametrize("axis_type", ["explicit", "auto"])
+@parametrize_cases_and("axis_type", ["explicit", "auto"], fast=("explicit",))
 def test_m_sharded_jit_matches_and_keeps_sharding(case, axis_type):
   _skip_if(case, "m")
   _skip_if(case, f"m-{axis_type}")

@@ -90,7 +90,7 @@ def _zero_params():
 # --------------------------------------------------------- zero gradients
 
 
-@pytest.mark.parametrize("case", CASES, ids=_IDS)
+@pytest.mark.parametrize("case", R.params(CASES))
 def test_zero_gradients_and_zero_params(case):
   """All-zero gradients on all-zero params: finite, and no movement."""
   _skip_prodigy_recipes(case)
@@ -111,7 +111,7 @@ def test_zero_gradients_and_zero_params(case):
 # ------------------------------------------------------------ empty trees
 
 
-@pytest.mark.parametrize("case", CASES, ids=_IDS)
+@pytest.mark.parametrize("case", R.params(CASES))
 @pytest.mark.parametrize("empty", [(), {"a": {}, "b": ()}],
                          ids=["tuple", "nested"])
 def test_empty_pytrees(case, empty):
@@ -122,7 +122,7 @@ def test_empty_pytrees(case, empty):
   _assert_finite(state)
 
 
-@pytest.mark.parametrize("case", CASES, ids=_IDS)
+@pytest.mark.parametrize("case", R.params(CASES))
 def test_zero_sized_leaves(case):
   """Leaves with a zero-sized axis next to ordinary ones."""
   params = {"empty": jnp.zeros((0, 4)), "conv": {"kernel": jnp.ones(
@@ -139,7 +139,7 @@ def test_zero_sized_leaves(case):
 # -------------------------------------------------------- None and holes
 
 
-@pytest.mark.parametrize("case", CASES, ids=_IDS)
+@pytest.mark.parametrize("case", R.params(CASES))
 def test_none_leaves(case):
   """None in params and grads is an empty subtree, kept as None."""
   params = {"w": jnp.array([3.0, -1.0]), "frozen": None,
@@ -159,7 +159,7 @@ def _masked_params():
           "layer": {"kernel": jnp.ones((2, 2)) * 2, "bias": jnp.ones(2)}}
 
 
-@pytest.mark.parametrize("case", CASES, ids=_IDS)
+@pytest.mark.parametrize("case", R.params(CASES))
 def test_masked_holes(case):
   """Inside optax.masked the holes are MaskedNode; line searches refuse."""
   params = _masked_params()
@@ -205,8 +205,7 @@ def test_integer_leaf_error_says_how_to_fix(case):
 
 
 @pytest.mark.parametrize(
-    "case", [c for c in CASES if not c.line_search],
-    ids=R.ids(c for c in CASES if not c.line_search))
+    "case", R.params(c for c in CASES if not c.line_search))
 def test_integer_leaves_masked_out_are_untouched(case):
   """The documented fix: mask float leaves; the counter is left as it is."""
   params = {"w": jnp.array([3.0, -1.0]), "step": jnp.array(7, jnp.int32)}
