@@ -457,20 +457,23 @@ def make_step(case, tx, objective, extra=None):
   return step
 
 
-def params(cases, values=None, fast_values=None, value_ids=str):
+def params(cases, values=None, fast_values=None, value_ids=str,
+           slow_if=lambda case: False):
   """pytest parameters ``case`` (or ``case, value`` for each of ``values``).
 
-  A case marked ``slow`` runs in the slow tier, and so does every value
-  outside ``fast_values`` (when given): the default tier keeps each case
-  with one or a few values. Ids are ``case`` or ``value-case``.
+  A case marked ``slow`` or meeting ``slow_if`` runs in the slow tier, and
+  so does every value outside ``fast_values`` (when given): the default
+  tier keeps each case with one or a few values. Ids are ``case`` or
+  ``value-case``.
   """
   out = []
   for case in cases:
+    case_slow = case.slow or slow_if(case)
     if values is None:
-      out.append(pytest.param(case, id=case.name, marks=_tier(case.slow)))
+      out.append(pytest.param(case, id=case.name, marks=_tier(case_slow)))
       continue
     for value in values:
-      slow = case.slow or (fast_values is not None
+      slow = case_slow or (fast_values is not None
                            and value not in fast_values)
       out.append(pytest.param(case, value, id=f"{value_ids(value)}-{case.name}",
                               marks=_tier(slow)))

@@ -27,6 +27,7 @@ Checks (the letters name them in test names and ``skips``):
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import jax
@@ -406,6 +407,19 @@ def _needs_devices():
     pytest.skip(f"needs {_N_DEVICES} devices, found {jax.device_count()}")
 
 
+_STEPS = 5
+
+
+@functools.cache
+def _reference_run(name):
+  """Params and state after ``_STEPS`` single-device steps, shared by (l)
+  and both axis types of (m)."""
+  case = next(c for c in R.CASES if c.name == name)
+  params, x, y, loss = _regression_problem()
+  tx = case.build(**case.multi_device_overrides)
+  return _single_device_run(case, tx, params, x, y, loss, _STEPS)
+
+
 def _single_device_run(case, tx, params, x, y, loss, steps):
   @jax.jit
   def step(params, state):
@@ -421,17 +435,17 @@ def _single_device_run(case, tx, params, x, y, loss, steps):
   return params, state
 
 
-@parametrize_cases
+# Under pmap a transformation sees only its device's replica: the default
+# tier runs (l) for the cases that communicate across devices themselves
+# (axis_name); for the others each replica computes the same thing.
+@pytest.mark.parametrize("case", R.params(
+    R.CASES, slow_if=lambda case: not case.multi_device_kwargs))
 def test_l_pmap_matches_single_device(case):
   _skip_if(case, "l")
   _needs_devices()
   params, x, y, loss = _regression_problem()
-  steps = 5
-  overrides = case.multi_device_overrides
-  expected, _ = _single_device_run(case, case.build(**overrides), params, x,
-                                   y, loss, steps)
-
-  tx = case.build(**overrides, **case.multi_device_kwargs)
+  expected, _ = _reference_run(case.name)
+  tx = case.build(**case.multi_device_overrides, **case.multi_device_kwargs)
 
   def step(params, state, x, y):
     value, grad = jax.value_and_grad(loss)(params, x, y)
@@ -449,7 +463,7 @@ def test_l_pmap_matches_single_device(case):
   rep_state = replicate(tx.init(params))
   xs = x.reshape(_N_DEVICES, -1, *x.shape[1:])
   ys = y.reshape(_N_DEVICES, -1, *y.shape[1:])
-  for _ in range(steps):
+  for _ in range(_STEPS):
     rep_params, rep_state = p_step(rep_params, rep_state, xs, ys)
   rtol, atol = case.multi_device_tol
   for device in range(_N_DEVICES):
@@ -469,10 +483,8 @@ def test_m_sharded_jit_matches_and_keeps_sharding(case, axis_type):
   _skip_if(case, f"m-{axis_type}")
   _needs_devices()
   params, x, y, loss = _regression_problem()
-  steps = 5
   tx = case.build(**case.multi_device_overrides)
-  expected, expected_state = _single_device_run(case, tx, params, x, y,
-                                                loss, steps)
+  expected, expected_state = _reference_run(case.name)
 
   kind = {"explicit": jax.sharding.AxisType.Explicit,
           "auto": jax.sharding.AxisType.Auto}[axis_type]
@@ -491,7 +503,7 @@ def test_m_sharded_jit_matches_and_keeps_sharding(case, axis_type):
       updates, state = tx.update(grad, state, params, **kwargs)
       return optax.apply_updates(params, updates), state
 
-    for _ in range(steps):
+    for _ in range(_STEPS):
       sharded, state = step(sharded, state)
     assert jax.tree.map(jax.typeof, state) == types0
     for name, sharding in shardings.items():
