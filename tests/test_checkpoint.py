@@ -125,6 +125,7 @@ def test_resume_in_fresh_process_is_bit_exact_all_methods(tmp_path):
   _check(tmp_path, _available(SLOW_METHODS), "single")
 
 
+@pytest.mark.slow  # a fresh process; the default tier runs one (LABPAL)
 def test_recipes_resume_in_fresh_process_is_bit_exact(tmp_path):
   """The recipes of docs/choosing.md. Their FSDP restore is not
   checked: the worker's FSDP layout uses Explicit mesh axes, on which
@@ -174,6 +175,7 @@ def _run_recipe(blocks, roles, directory, out):
     return [f[f"arr_{i}"] for i in range(len(f.files))]
 
 
+@pytest.mark.slow  # a fresh process; the default tier runs one (LABPAL)
 def test_nnx_recipe_of_the_docs_resumes_bit_exactly(tmp_path):
   """docs/checkpointing.md's nnx recipe, as written, in two processes.
 
