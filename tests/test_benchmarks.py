@@ -208,6 +208,7 @@ def test_paired_ratios_runs_every_closure_and_counts_rounds():
   assert calls["a"] == calls["b"] == 3 + 5  # warm-up and calibration + rounds
 
 
+@pytest.mark.slow  # compiles the CNN train step of every method
 def test_train_step_timer_runs_an_optimizer_that_keeps_the_params():
   from benchmarks.overhead import _timing
 
@@ -448,6 +449,7 @@ def _check_model_rows(rows, section, methods):
   assert targets == {gpu_suite.TRAIN_STEP_TARGET, gpu_suite.PAL_TARGET}
 
 
+@pytest.mark.slow  # a ResNet-18 train step per method on the CPU
 def test_gpu_suite_quick_runs_every_method_on_the_resnet(tmp_path):
   from benchmarks.overhead import gpu_suite
 
