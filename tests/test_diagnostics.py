@@ -92,7 +92,7 @@ def test_every_method_reports_its_monitored_fields(method):
 
 @pytest.mark.parametrize(
     "model", [_utils.mlp_problem, _utils.cnn_problem], ids=["mlp", "cnn"])
-@pytest.mark.parametrize("case", R.CASES, ids=R.ids(R.CASES))
+@pytest.mark.parametrize("case", R.params(R.CASES))
 def test_values_are_numbers_a_logger_takes(case, model):
   """No booleans (LABPAL's ``pending`` was one), no empty arrays (AdaS's
   per-layer rates of a model without conv layers were), for any model."""
