@@ -8,7 +8,7 @@ import optax
 import pytest
 from flax import nnx
 
-from benchmarks.models import CNN1DBN
+from benchmarks.harness.models import CNN1DBN
 from optax_adaptive import _adas, _spectral
 from optax_adaptive._adas import (
     LayerGroup,

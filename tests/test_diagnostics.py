@@ -18,8 +18,8 @@ from optax_adaptive._diagnostics import (
   find_states,
 )
 from tests import _cnn_tasks as T
+from tests import _registry as R
 from tests import _utils
-from tests import test_conformance as C
 
 PARAMS = {"conv": {"kernel": jnp.ones((3, 3, 2, 4))},
           "w": jnp.ones((4, 3)), "b": jnp.zeros((3,))}
@@ -92,13 +92,13 @@ def test_every_method_reports_its_monitored_fields(method):
 
 @pytest.mark.parametrize(
     "model", [_utils.mlp_problem, _utils.cnn_problem], ids=["mlp", "cnn"])
-@pytest.mark.parametrize("case", C.CASES, ids=[c.name for c in C.CASES])
+@pytest.mark.parametrize("case", R.params(R.CASES))
 def test_values_are_numbers_a_logger_takes(case, model):
   """No booleans (LABPAL's ``pending`` was one), no empty arrays (AdaS's
   per-layer rates of a model without conv layers were), for any model."""
   params, objective = model()
   tx = case.build()
-  step = jax.jit(C._make_step(case, tx, objective))
+  step = jax.jit(R.make_step(case, tx, objective))
   state = tx.init(params)
   for _ in range(2):
     params, state, _ = step(params, state)

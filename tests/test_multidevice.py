@@ -30,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 import optax_adaptive as oa
 from tests import _cnn_tasks as T
+from tests import _registry as R
 from tests import _utils
 
 STEPS = 4
@@ -206,6 +207,12 @@ def _assert_state_layout(state, shardings):
 
 
 # ------------------------------------------------------------------ tests
+
+
+def test_every_public_transformation_runs_on_the_cnn():
+  missing = R.missing_factories(
+      f for m in T.METHODS + T.RECIPES for f in m.covers())
+  assert not missing, f"tests/_cnn_tasks.py runs no {missing}"
 
 
 @pytest.mark.parametrize(("mode", "method"), list(_cases()))

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from benchmarks.adas_knowledge_gain import numpy_evbmf, numpy_knowledge_gain
+from benchmarks.studies.adas_knowledge_gain import (
+  numpy_evbmf,
+  numpy_knowledge_gain,
+)
 from optax_adaptive import _spectral
 from optax_adaptive._spectral import (
   brent_bounded,

@@ -16,13 +16,13 @@
 
 Usage::
 
-  python -m benchmarks.cprop_breakdown [--rounds 41]
+  python -m benchmarks.studies.cprop_breakdown [--rounds 41]
 
 Times ``optax.adam``, the library's ``cprop_adam`` (on a CPU: its fused
 kernel where built), the same update on XLA's loops (``cprop_adam, XLA
 loops``, as without the kernel) and stripped-down copies of the XLA-loop
 update on the 9.9M-parameter tree of ``benchmarks.overhead`` as paired
-per-round ratios (``benchmarks._timing.paired_ratios``):
+per-round ratios (``benchmarks.overhead._timing.paired_ratios``):
 
 * ``no mean scale``: the same update without the ``mean_scale`` reduction;
 * ``no mean scale, jnp.tanh``: that, with XLA's general ``tanh`` instead of
@@ -48,7 +48,7 @@ import numpy as np
 import optax
 
 import optax_adaptive as oa
-from benchmarks import _timing
+from benchmarks.overhead import _timing
 from optax_adaptive import _cprop
 
 VARIANTS = ("no mean scale", "no mean scale, jnp.tanh", "no CDF", "scale 1")
@@ -111,7 +111,8 @@ def stripped_cprop_adam(variant: str, learning_rate: float = 1e-3,
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--rounds", type=int, default=41,
-                      help="paired rounds (benchmarks._timing.paired_ratios)")
+                      help="paired rounds"
+                      " (benchmarks.overhead._timing.paired_ratios)")
   rounds = parser.parse_args(argv).rounds
   params = _timing.param_tree_10m()
   grads = jax.tree.map(

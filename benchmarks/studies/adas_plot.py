@@ -14,14 +14,15 @@
 # ==============================================================================
 """Per-layer AdaS rates and knowledge gains over an mnist1d training run.
 
-Trains :class:`benchmarks.models.CNN1D` on mnist1d with ``adas(...)`` and
-explicit ``adas_end_epoch`` calls, and writes ``adas_layers.png`` (rates,
-gains, conditions per conv layer and the fc rate against the epoch) and
-``adas_layers.json`` (the numbers) into ``--out``.
+Trains :class:`benchmarks.harness.models.CNN1D` on mnist1d with
+``adas(...)`` and explicit ``adas_end_epoch`` calls, and writes
+``adas_layers.png`` (rates, gains, conditions per conv layer and the fc
+rate against the epoch) and ``adas_layers.json`` (the numbers) into
+``--out``.
 
 Run::
 
-  python -m benchmarks.adas_plot --epochs 30 --out results/adas
+  python -m benchmarks.studies.adas_plot --epochs 30 --out results/adas
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from benchmarks import data, models
+from benchmarks.harness import data, models
 from optax_adaptive import _adas
 
 

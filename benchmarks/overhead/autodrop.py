@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 import optax_adaptive as oa
-from benchmarks import _timing
+from benchmarks.overhead import _timing
 
 WINDOW = 64
 ORDINARY_TARGET = 1.6

@@ -21,8 +21,8 @@ reference implementation that ``tests/test_spectral.py`` compares against.
 
 Run::
 
-  python -m benchmarks.adas_knowledge_gain            # timing, ratio
-  python -m benchmarks.adas_knowledge_gain --repeats 5
+  python -m benchmarks.studies.adas_knowledge_gain            # timing, ratio
+  python -m benchmarks.studies.adas_knowledge_gain --repeats 5
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@
 """AdaS's overhead: one mnist1d CNN epoch, with and without the epoch end.
 
 An epoch is every batch of the mnist1d training split (batch 128) through
-a jitted train step of :class:`benchmarks.models.CNN1D`. The base is the
+a jitted train step of :class:`benchmarks.harness.models.CNN1D`. The base is the
 same epoch with optax's SGD-momentum (the per-step optimizer AdaS uses);
 AdaS adds its per-layer rates to each step and, once per epoch, the
 knowledge gain of every conv kernel (explicit ``adas_end_epoch``, or inside
@@ -31,7 +31,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from benchmarks import _timing, data, models
+from benchmarks.harness import data, models
+from benchmarks.overhead import _timing
 from optax_adaptive import _adas
 
 TARGET = 1.03  # epoch end at most 3% of an epoch

@@ -17,7 +17,8 @@ Families:
 
 Library entries are resolved lazily. A method whose module does not import
 (yet) is reported by :func:`availability` with the reason, listed as
-unavailable by ``benchmarks.compare`` and skipped, never dropped silently.
+unavailable by ``benchmarks.harness.compare`` and skipped, never dropped
+silently.
 """
 
 from __future__ import annotations
@@ -385,7 +386,7 @@ _SPECS = [
 ]
 
 # ---------------------------------------- on learning-rate-free optimizers
-# Issue 19: our methods composed with optax's learning-rate-free optimizers,
+# Our methods composed with optax's learning-rate-free optimizers,
 # at everyone's defaults, exactly as a user writes them. AutoDrop goes last
 # in the chain and scales the final update; CProp wraps the inner optimizer.
 
