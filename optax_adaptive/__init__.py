@@ -44,10 +44,11 @@ from optax_adaptive._spectral import evbmf
 from optax_adaptive._spectral import knowledge_gain
 
 # AutoDrop (arXiv 2111.15317, UAI 2024).
+from optax_adaptive._autodrop import AutoDropDetector
 from optax_adaptive._autodrop import AutoDropState
-from optax_adaptive._autodrop import AutoDropV1State
 from optax_adaptive._autodrop import autodrop
-from optax_adaptive._autodrop import autodrop_v1
+from optax_adaptive._autodrop_v1 import AutoDropV1State
+from optax_adaptive._autodrop_v1 import autodrop_v1
 
 # PAL (arXiv 1903.11991) and LABPAL (arXiv 2108.13880).
 from optax_adaptive._labpal import LabpalInfo
@@ -70,6 +71,7 @@ from optax_adaptive._flax_utils import nnx_value_fn
 __all__ = (
     "AdasEarlyStopState",
     "AdasState",
+    "AutoDropDetector",
     "AutoDropState",
     "AutoDropV1State",
     "CPropAdamState",
