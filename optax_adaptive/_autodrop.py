@@ -329,6 +329,7 @@ def autodrop(
 
 
 def _init(cfg: _Config, params: optax.Params) -> AutoDropState:
+  """λ = 1, empty buffers; ``params`` are read for shapes and dtypes only."""
   _common.check_float_leaves(params, "autodrop")
   zeros = lambda: _state_zeros_like(params, cfg.state_dtype)
   sdt = _scalar_dtype(params, cfg.state_dtype)
@@ -353,6 +354,7 @@ def _init(cfg: _Config, params: optax.Params) -> AutoDropState:
 
 def _update(cfg: _Config, updates, state: AutoDropState, params=None,
             **extra_args):
+  """``λ·u``, the window mean's offset and, at a window end, Algorithm 1."""
   del extra_args  # accepted as GradientTransformationExtraArgs, unused
   _common.require_params(params, "autodrop")
   step, det = state.window_step, state.detector
@@ -375,11 +377,11 @@ def _update(cfg: _Config, updates, state: AutoDropState, params=None,
       jnp.zeros([], _common.widest_float_dtype(state.prev_mean)))
 
   def advance(carry):
-    det, prev_mean, _ = carry
+    detector, prev_mean, _ = carry
     disp = _displacement(cfg, params, mean_offset, prev_mean)  # s_i
     sq_norm = _common.tree_vdot_f32(disp, disp, cfg.axis_name)
     mean = jax.tree.map(jnp.add, prev_mean, disp)  # y_i = y_{i-1} + s_i
-    return _detect(cfg, det, dot, sq_norm), mean, disp
+    return _detect(cfg, detector, dot, sq_norm), mean, disp
 
   det, prev_mean, prev_disp = _common.run_if(
       is_end, advance, (det, state.prev_mean, state.prev_displacement))

@@ -171,6 +171,7 @@ def autodrop_v1(
 
 
 def _init(cfg: _Config, params: optax.Params) -> AutoDropV1State:
+  """λ = 1, θ = θ₀; ``params`` are read for shapes and dtypes only."""
   _common.check_float_leaves(params, "autodrop_v1")
   zeros = lambda: _autodrop._state_zeros_like(params, cfg.state_dtype)
   sdt = _autodrop._scalar_dtype(params, cfg.state_dtype)
@@ -192,11 +193,12 @@ def _init(cfg: _Config, params: optax.Params) -> AutoDropV1State:
 
 
 def _update(cfg: _Config, updates, state: AutoDropV1State, params=None,
-               **extra_args):
+            **extra_args):
+  """``λ·u``; the epoch's check runs at its 2nd step (``epoch_step == 1``)."""
   del extra_args  # accepted as GradientTransformationExtraArgs, unused
   _common.require_params(params, "autodrop_v1")
   step = state.epoch_step
-  updates = _autodrop._scale_updates(updates, state.lr_scale)  # old λ
+  updates = _autodrop._scale_updates(updates, state.lr_scale)  # λ so far
   check = functools.partial(_epoch_check, cfg, params)
   if cfg.average_on_drop:  # a drop rewrites this step's updates
     updates, state = _common.run_if(
