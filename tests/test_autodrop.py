@@ -12,6 +12,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
+import optax_adaptive as oa
 from optax_adaptive import _autodrop, _autodrop_v1, _common
 from tests import _utils
 
@@ -428,6 +429,27 @@ def test_init_does_not_read_params():
   for tree in (state.prev_snapshot, state.prev_displacement,
                state.weighted_sum):
     assert tree["w"].dtype == jnp.float32
+
+
+def test_monitored_scalars_are_read_from_the_nested_detector():
+  tx = optax.chain(optax.sgd(0.1), autodrop(window_size=2, buffer_size=2,
+                                            threshold_deg=45.0))
+  params = {"w": jnp.zeros(2)}
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for point in PLATEAU_POINTS[:12]:
+    _, state = update({"w": jnp.ones(2)}, state,
+                      {"w": jnp.asarray(point, jnp.float32)})
+  drop_state = _autodrop_state(state)
+  assert isinstance(drop_state.detector, _autodrop.AutoDropDetector)
+  assert int(drop_state.n_drops) >= 1
+  logged = oa.diagnostics(state)
+  for name in ("lr_scale", "last_omega", "smoothed_omega", "n_drops"):
+    nested = getattr(drop_state.detector, name)
+    assert getattr(drop_state, name) is nested
+    assert optax.tree.get(state, name) is nested
+    chex.assert_trees_all_equal(logged[f"autodrop/{name}"], nested,
+                                strict=True)
 
 
 def test_counters_stay_bounded():
