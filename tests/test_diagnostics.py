@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -186,7 +187,8 @@ def test_nnx_optimizer_state_under_nnx_jit():
   out = step(model, optimizer, jnp.ones((4, 3)))
   assert set(out) == CPROP | AUTODROP
   assert set(diagnostics(optimizer.opt_state)) == CPROP | AUTODROP
-  _utils.assert_trees_all_equal(out, diagnostics(optimizer.opt_state))
+  chex.assert_trees_all_equal(out, diagnostics(optimizer.opt_state),
+                              strict=True)
 
 
 def test_jit_matches_eager_and_values_track_training():
@@ -202,8 +204,9 @@ def test_jit_matches_eager_and_values_track_training():
 
   for i in range(6):
     params, state, logged = step(params, state, jnp.float32(i))
-  _utils.assert_trees_all_equal(logged, diagnostics(state))
-  _utils.assert_trees_all_equal(jax.jit(diagnostics)(state), logged)
+  chex.assert_trees_all_equal(logged, diagnostics(state), strict=True)
+  chex.assert_trees_all_equal(jax.jit(diagnostics)(state), logged,
+                              strict=True)
   assert 0.0 < float(logged["cprop/mean_scale"]) < 1.0
   assert float(logged["autodrop/last_omega"]) > 0.0
 

@@ -748,7 +748,7 @@ def test_autodrop_angle_of_float64_displacements_beyond_float32():
              oa.autodrop_v1(steps_per_epoch=2)):
     with jax.enable_x64(True):
       state = tx.init(jnp.zeros(2, jnp.float64))
-      assert state.prev_sq_norm.dtype == jnp.float64
+      assert optax.tree.get(state, "prev_sq_norm").dtype == jnp.float64
       update = jax.jit(tx.update)
       for point in path:
         params = jnp.asarray(1e25 * point, jnp.float64)
