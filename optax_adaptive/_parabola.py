@@ -18,8 +18,9 @@
   ``update`` reach ``value_fn`` by name;
 * moves along a direction in the dtypes of the params, and the scalars of a
   fit (dtype, rounding error of the losses, ``pmean``);
-* the three-point parabola of LABPAL (Mutschler, Laube & Zell 2021,
-  arXiv:2108.13880), with the authors' ``np.gradient`` variant.
+* LABPAL's probes of the line over M mini-batches and its three-point
+  parabola (Mutschler, Laube & Zell 2021, arXiv:2108.13880), with the
+  authors' ``np.gradient`` variant.
 
 The maths and its cases are on the docs page "PAL and LABPAL"
 (docs/labpal.md).
