@@ -55,16 +55,16 @@ from optax_adaptive._autodrop_v1 import AutoDropV1State
 from optax_adaptive._autodrop_v1 import autodrop_v1
 
 # PAL (arXiv 1903.11991) and LABPAL (arXiv 2108.13880).
-from optax_adaptive._labpal import LabpalInfo
-from optax_adaptive._labpal import LabpalStatus
-from optax_adaptive._labpal import PalCase
-from optax_adaptive._labpal import PalInfo
+from optax_adaptive._pal import PalCase
+from optax_adaptive._pal import PalInfo
+from optax_adaptive._pal import ScaleByPalState
+from optax_adaptive._pal import pal
+from optax_adaptive._pal import scale_by_pal
+from optax_adaptive._labpal_measure import LabpalInfo
+from optax_adaptive._labpal_measure import LabpalStatus
 from optax_adaptive._labpal import ScaleByLabpalState
-from optax_adaptive._labpal import ScaleByPalState
 from optax_adaptive._labpal import labpal
-from optax_adaptive._labpal import pal
 from optax_adaptive._labpal import scale_by_labpal
-from optax_adaptive._labpal import scale_by_pal
 
 # Diagnostics.
 from optax_adaptive._diagnostics import diagnostics

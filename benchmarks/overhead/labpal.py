@@ -83,10 +83,11 @@ def _extra_forward_kwargs(params, batch, loss, grads, loss_fn):
 def _labpal_kwargs_fn(batch_size: int, seed: int = 1):
   """LABPAL's kwargs: the step's batch followed by M - 1 other batches.
 
-  As recommended (spec §7.4 b), ``approx_batch`` holds only the indices
+  As docs/labpal.md recommends, ``approx_batch`` holds only the indices
   0..M-1 and ``value_fn`` gathers mini-batch i from device-resident data
   inside the measurement, so a training step moves no extra data: index 0
-  is the step's own batch (spec §7.3, §9.2), the others are fixed batches.
+  is the step's own batch (as in the authors' code), the others are fixed
+  batches.
   """
   ds = data.mnist1d()
   idx = np.random.default_rng(seed).permutation(len(ds.y_train))
