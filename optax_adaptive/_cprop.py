@@ -15,15 +15,15 @@
 """CProp: adaptive learning-rate scaling from past gradient conformity.
 
 Preechakul & Kijsirikul, `CProp: Adaptive Learning Rate Scaling from Past
-Gradient Conformity <https://arxiv.org/abs/1912.11493>`_, 2019.
-
-Spec: ``/work/shared/spec/cprop.md`` (section numbers below refer to it).
+Gradient Conformity <https://arxiv.org/abs/1912.11493>`_, 2019. The formulas
+(those of the reference implementation) and their numerical guards are in
+docs/cprop.md, "Algorithm"; how the update suits XLA, in its "Overhead".
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 import jax
@@ -34,6 +34,7 @@ import optax
 from optax_adaptive import _common
 
 CDFS = ("normal", "bft", "bfo", "logistic")
+
 
 class CPropState(NamedTuple):
   """State of :func:`cprop`."""
@@ -62,9 +63,6 @@ class CPropAdamState(NamedTuple):
   mean_scale: jax.typing.ArrayLike | None
 
 
-# ------------------------------------------------------------ validation
-
-
 def _check_cprop_hyperparams(beta: Any, c: Any, eps: Any, eps_name: str,
                              cdf: Any) -> None:
   _common.check_range("beta", beta, lower=0.0, upper=1.0,
@@ -74,33 +72,60 @@ def _check_cprop_hyperparams(beta: Any, c: Any, eps: Any, eps_name: str,
   _common.check_choice("cdf", cdf, CDFS)
 
 
-# ---------------------------------------------------------- the scale s
+# ------------------------------------------------------- per-step scalars
+
+
+class _Ema(NamedTuple):
+  """The per-step scalars of one EMA, in the statistics dtype."""
+
+  decay: jax.Array
+  one_minus_decay: jax.Array
+  inv_bias_correction: jax.Array  # 1 / b_t, b_t = 1 - decay^t
+
+
+def _ema_scalars(decay: Any, count: jax.Array, dtype: jnp.dtype) -> _Ema:
+  # The decay is cast to the statistics dtype (never to bfloat16, where
+  # 0.999 == 1) and every power of it comes from that one value.
+  decay = jnp.asarray(decay).astype(dtype)
+  one = jnp.ones((), dtype)
+  return _Ema(decay, one - decay, one / (one - decay**count))
+
+
+def _ema(moment: jax.Array, value: jax.Array, e: _Ema) -> jax.Array:
+  """decay·moment + (1 - decay)·value, in optax's operand order."""
+  return e.one_minus_decay * value + e.decay * moment
+
+
+def _update_moment(values: Any, moments: Any, e: dict[Any, _Ema],
+                   order: int) -> Any:
+  """``optax.tree.update_moment`` with ``e`` of each moment's dtype."""
+  return jax.tree.map(
+      lambda g, t: _ema(t, g if order == 1 else g * g, e[t.dtype]), values,
+      moments)
 
 
 class _Constants(NamedTuple):
-  """Per-step scalars of §1.2, computed once per dtype instead of per entry.
+  """CProp's scalars of one step in one dtype (literals too, see _scale_sum).
 
-  The literals of the formulas live here too, so that the mean-scale
-  reduction can use copies that XLA does not share with the update loop: on
-  CPU, a scalar broadcast shared by a loop fusion and a reduction fusion is
-  materialised at full size.
+  The first three fields are those of :class:`_Ema` (decay beta).
   """
 
-  beta: jax.Array
-  one_minus_beta: jax.Array
-  inv_bias_correction: jax.Array  # 1 / (1 - β^t)
-  inv_dof: jax.Array  # 1 / (max(n_t - 1, 0) + ε), or 0 while n_t - 1 == 0
+  decay: jax.Array
+  one_minus_decay: jax.Array
+  inv_bias_correction: jax.Array
+  inv_dof: jax.Array  # 1 / (max(n_t - 1, 0) + eps), 0 while n_t - 1 == 0
   eps: jax.Array
   c: jax.Array
   zero: jax.Array
   one: jax.Array
-  cdf_a: jax.Array  # 2|P - ½| = F(|z| (cdf_a z² + cdf_b)), F = erf or tanh
+  cdf_a: jax.Array  # 2|P - 1/2| = F(|z| (cdf_a z² + cdf_b)), F = erf or tanh
   cdf_b: jax.Array
 
 
-# (cdf_a, cdf_b) per CDF (§1.3): bft is tanh((0.07056 z³ + 1.5976 z) / 2).
+# (cdf_a, cdf_b) per CDF (docs/cprop.md, table of `cdf`): bft is
+# tanh((0.07056 |z|³ + 1.5976 |z|) / 2).
 _CDF_COEFFICIENTS = {
-    "normal": (0.0, 1 / math.sqrt(2)),  # erf(z / √2)
+    "normal": (0.0, 1 / math.sqrt(2)),  # erf(|z| / √2)
     "bft": (0.07056 / 2, 1.5976 / 2),
     "bfo": (0.0, 1.702 / 2),
     "logistic": (0.0, math.pi / (2 * math.sqrt(3))),
@@ -109,55 +134,56 @@ _CDF_COEFFICIENTS = {
 
 def _constants(count: jax.Array, beta: Any, c: Any, eps: Any, cdf: str,
                dtype: jnp.dtype) -> _Constants:
-  """Bias correction and the Bessel divisor with the step-1 guards of §5.2.
+  """The scalars of step ``count`` >= 1, with the guards of docs/cprop.md.
 
-  ``count`` is the step number t >= 1 (already incremented). Every power of β
-  comes from the same β in ``dtype`` (never bfloat16, §5.3), so that
-  n_1 - 1 is exactly zero.
+  n_t - 1 comes from the same beta as b_t, so it is exactly 0 at t = 1,
+  where σ̂² is taken as 0: s_1 = min(1, c) exactly ("Step 1").
   """
-  beta = jnp.asarray(beta).astype(dtype)
-  one = jnp.ones((), dtype)
-  one_minus_beta = one - beta
-  bias_correction = one - beta**count  # b_t = 1 - β^t, §1.2
-  # n_t - 1 = β (1 - β^{t-1}) / (1 - β) = Σ_{k=1}^{t-1} β^k, §5.2 (b).
-  n_minus_1 = beta * (one - beta ** (count - 1)) / one_minus_beta
+  ema = _ema_scalars(beta, count, dtype)
+  beta, one = ema.decay, jnp.ones((), dtype)
+  # n_t - 1 = β (1 - β^{t-1}) / (1 - β) = Σ_{k=1}^{t-1} β^k
+  n_minus_1 = beta * (one - beta ** (count - 1)) / ema.one_minus_decay
   eps = jnp.asarray(eps).astype(dtype)
-  dof = jnp.maximum(n_minus_1, 0) + eps  # max(n - 1, 0) + ε, §5.2
-  # §5.2 (a): σ̂² := 0 at t = 1 (and whenever n - 1 == 0, i.e. β == 0).
+  dof = jnp.maximum(n_minus_1, 0) + eps
   has_spread = (count > 1) & (n_minus_1 > 0)
   inv_dof = jnp.where(has_spread, one / jnp.where(has_spread, dof, one), 0)
-  # se >= ε > 0; the floor only matters for eps == 0, where it turns the
-  # 0/0 of an all-zero gradient into z = 0 (s = 0) instead of NaN.
+  # se >= ε > 0; the floor only matters for eps == 0, where it turns the 0/0
+  # of an all-zero gradient into z = 0 (s = 0) instead of NaN.
   se_eps = jnp.maximum(eps, jnp.finfo(dtype).tiny)
   cdf_a, cdf_b = (jnp.asarray(x, dtype) for x in _CDF_COEFFICIENTS[cdf])
   return _Constants(
-      beta=beta, one_minus_beta=one_minus_beta,
-      inv_bias_correction=one / bias_correction, inv_dof=inv_dof, eps=se_eps,
-      c=jnp.asarray(c).astype(dtype), zero=jnp.zeros((), dtype), one=one,
-      cdf_a=cdf_a, cdf_b=cdf_b)
+      *ema, inv_dof=inv_dof, eps=se_eps, c=jnp.asarray(c).astype(dtype),
+      zero=jnp.zeros((), dtype), one=one, cdf_a=cdf_a, cdf_b=cdf_b)
+
+
+def _per_dtype(tree: Any, fn: Callable[[Any], Any]) -> dict[Any, Any]:
+  """``{dtype: fn(dtype)}`` for the dtypes of ``tree``'s leaves."""
+  dtypes = dict.fromkeys(x.dtype for x in jax.tree.leaves(tree))
+  return {dtype: fn(dtype) for dtype in dtypes}
+
+
+def _cast(x: Any, like: jax.Array) -> jax.Array:
+  return jnp.asarray(x).astype(like.dtype)
+
+
+# ------------------------------------------------------------ the scale s
 
 
 def _conformity(m: jax.Array, v: jax.Array, k: _Constants,
                 cdf: str) -> jax.Array:
-  """2|P - ½| from the already updated EMAs m, v (§1.2, §1.3).
+  """2|P - 1/2| from the already updated EMAs m, v, evaluated at |z|.
 
-  P = Pr[X < 0] for X ~ N(m̂, se²); 2|P - ½| is |erf(z/√2)| for the normal
-  CDF and |tanh(h(z)/2)| for its logistic approximations. Both are odd, so
-  they are evaluated at |z|, which keeps relative accuracy for tiny z
-  (§5.4). The standard error is inverted once and |z| = |m̂| · (1/se): XLA
-  on CPU does not fuse a division whose result is used twice (|z| is, in
-  the cubic of ``bft``) and would materialise |z| instead.
+  |z| = |m̂| · (1/se): XLA:CPU would not fuse a division whose result is
+  used twice (|z| is, in the cubic of ``bft``).
   """
-  m_hat = m * k.inv_bias_correction  # m̂ = m / b_t
-  v_hat = v * k.inv_bias_correction  # v̂ = v / b_t
-  # σ̂² = max(v̂ - m̂², 0), §1.2. A select, not jnp.maximum, so that the
-  # inf - inf of gradients beyond sqrt(float32 max) ~ 1.8e19 (v̂ and m̂²
-  # both overflow) gives σ̂² = 0 instead of NaN.
+  m_hat = m * k.inv_bias_correction
+  v_hat = v * k.inv_bias_correction
+  # σ̂² = max(v̂ - m̂², 0) as a select, so that inf - inf (gradients beyond
+  # sqrt(float32 max) ~ 1.8e19) gives σ̂² = 0 instead of NaN.
   spread = v_hat - m_hat * m_hat
   variance = jnp.where(spread > k.zero, spread, k.zero)
-  # se = sqrt(σ̂² / (n - 1 + ε)) + ε, §1.2
-  inv_se = k.one / (jnp.sqrt(variance * k.inv_dof) + k.eps)
-  abs_z = jnp.abs(m_hat) * inv_se  # |z| = |m̂| / se
+  inv_se = k.one / (jnp.sqrt(variance * k.inv_dof) + k.eps)  # 1 / se
+  abs_z = jnp.abs(m_hat) * inv_se
   if cdf == "bft":  # (0.07056 |z|³ + 1.5976 |z|) / 2; tanh(inf) = 1
     arg = abs_z * (k.cdf_a * (abs_z * abs_z) + k.cdf_b)
   else:
@@ -180,10 +206,8 @@ _TANH_CLAMP = 7.99881172180175781  # tanh rounds to 1.0 from here on
 def _polynomial(coefficients: tuple[float, ...], x: jax.Array) -> jax.Array:
   """Σ c_i x^(n-i) by Estrin's scheme (coefficients highest power first).
 
-  Pairs of terms are combined with x, x², x⁴, ..., so the chain of
-  dependent multiply-adds is log2(n) deep instead of Horner's n - 1. The
-  CPU update loop is bound by that chain (the core overlaps only a few
-  iterations), not by the number of operations.
+  Its chain of dependent multiply-adds is log2(n) deep instead of Horner's
+  n - 1: the CPU update loop is bound by that chain.
   """
   terms = [jnp.asarray(c, x.dtype) for c in reversed(coefficients)]
   power = x
@@ -197,12 +221,9 @@ def _polynomial(coefficients: tuple[float, ...], x: jax.Array) -> jax.Array:
 def _tanh_of_nonnegative(x: jax.Array) -> jax.Array:
   """tanh(x) for x >= 0 (NaN stays NaN); float64 uses ``jnp.tanh``.
 
-  A general tanh also handles the sign, tiny arguments and saturation with
-  selects around the rational; the conformity's argument is |z|-based, so
-  one clamp and one saturation select are enough. On a 2-core CPU the
-  update without the mean scale is about 4 % faster than with ``jnp.tanh``
-  (``python -m benchmarks.cprop_breakdown``, "own tanh / jnp.tanh"; 0.94-0.98
-  in five runs), and CProp's scale no longer depends on the backend's tanh.
+  A general tanh's sign, tiny-argument and saturation branches are not
+  needed at |z|-based arguments; dropping them makes the CPU update faster
+  (docs/results.md, "CProp on XLA's loops").
   """
   if x.dtype != jnp.float32:
     return jnp.tanh(x)
@@ -217,46 +238,19 @@ def _tanh_of_nonnegative(x: jax.Array) -> jax.Array:
 
 
 def _scale(conformity: jax.Array, k: _Constants) -> jax.Array:
-  """s = min(1, c · 2|P - ½|), §1.2, with NaN staying NaN.
-
-  A select, whose NaN handling does not depend on how a backend implements
-  ``minimum`` (see the CPU branch of :func:`_scale_sum`).
-  """
+  """s = min(1, c · 2|P - 1/2|) as a select, so that NaN stays NaN."""
   scaled = k.c * conformity
   return jnp.where(scaled > k.one, k.one, scaled)
 
 
-def _scale_from_moments(m: jax.Array, v: jax.Array, k: _Constants,
-                        cdf: str) -> jax.Array:
-  """s = min(1, c · 2|P - ½|) from the already updated EMAs m, v (§1.2)."""
-  return _scale(_conformity(m, v, k, cdf), k)
-
-
-def _ema(moment: jax.Array, value: jax.Array, decay: jax.Array,
-         one_minus_decay: jax.Array) -> jax.Array:
-  """β·moment + (1 - β)·value, the EMA of §1.2 in optax's operand order."""
-  return one_minus_decay * value + decay * moment
-
-
-class _ScaleSumInputs(NamedTuple):
-  """What the mean-scale reduction of one leaf may read (see _scale_sum)."""
-
-  conformity: jax.Array  # 2|P - ½| of the update, from the new EMAs
-  k: _Constants
-  d: jax.Array  # the gradient the statistics saw this step, stats dtype
-  m_prev: jax.Array  # the EMAs before this step
-  v_prev: jax.Array
+# ---------------------------------------------------------- the mean scale
 
 
 def _as_rows(x: jax.Array) -> jax.Array:
-  """``x`` with at least 2 axes (a free reshape), for a row reduction.
+  """``x`` with at least 2 axes, for a row reduction (a free reshape).
 
-  XLA:GPU fuses a reduction over the last axis with the update's
-  elementwise outputs into a faster kernel than a reduction to a scalar
-  (H100, one 1e8-float leaf: 1.51x instead of 1.81x of Adam's update for
-  ``cprop_adam``). Arrays with 2 or more axes are reduced over their own last
-  axis; a 1-D leaf is split into rows unless it is explicitly sharded (a
-  reshape of sharded axes can be a ``ShardingTypeError``).
+  A 1-D leaf is split into rows unless it is explicitly sharded (reshaping
+  sharded axes can be a ``ShardingTypeError``).
   """
   if x.ndim >= 2:
     return x
@@ -267,64 +261,58 @@ def _as_rows(x: jax.Array) -> jax.Array:
   return x.reshape(1, 1) if x.ndim == 0 else x[None]
 
 
-def _scale_sum(entry: _ScaleSumInputs, unit: jax.Array,
+def _scale_sum(conformity: jax.Array, d: jax.Array, m_prev: jax.Array,
+               v_prev: jax.Array, k: _Constants, unit: jax.Array,
                cdf: str) -> jax.Array:
-  """Σ s over one leaf, in the leaf's statistics dtype (for the mean scale).
+  """Σ s over one leaf (statistics dtype), in the form each backend fuses.
 
-  How the reduction reads s decides how XLA fuses it with the update, and
-  the best choice differs per backend (``jax.lax.platform_dependent`` picks
-  it at lowering, so the compiler sees one of them):
-
-  * XLA:CPU does not fuse an elementwise output and a reduction into one
-    loop, and a reduction that recomputes the CDF runs several times slower
-    than the elementwise loop. The reduction therefore takes the
-    materialised 2|P - ½| (XLA materialises it because two loops consume
-    it) and repeats only the cheap clip.
-  * Elsewhere the reduction recomputes s from the update's own inputs
-    (d, previous m and v), as row sums. A reduction that reads only what
-    the update reads is fused with it as a sibling: on XLA:GPU the whole
-    update is then one kernel, instead of two around a materialised s.
-
-  Both multiply the constants by ``unit``, a runtime True, which keeps XLA
-  from sharing them, and so the intermediates, with the update loop (on
-  CPU a shared scalar broadcast is materialised at full size, see
-  :class:`_Constants`).
+  XLA:CPU sums the conformity that the update materialises (recomputing
+  the CDF in a reduction is several times slower there); elsewhere s is
+  recomputed from the step's inputs (``d``, the EMAs before it) as row
+  sums, which XLA:GPU fuses with the update into one kernel (measurements:
+  docs/results.md). The constants are multiplied by ``unit``, a runtime
+  True, so that XLA does not share them with the update: on CPU a shared
+  scalar broadcast is materialised at full size.
   """
 
   def unshared(k):
     return jax.tree.map(lambda x: x * unit.astype(x.dtype), k)
 
-  def materialised_sum(e):  # XLA:CPU
-    k = unshared(e.k)
-    # jnp.minimum, not the select of _scale: XLA:CPU runs this sum as one
-    # YNNPACK reduction, which takes a minimum but not a select (a select
-    # materialises s first, doubling the update's time). Its minimum returns
-    # the second operand when one is NaN, so the product goes second and a
-    # NaN gradient still shows in the mean scale (docs/cprop.md, "Overhead").
-    return jnp.sum(jnp.minimum(k.one, k.c * e.conformity))
+  def materialised_sum(conformity, d, m_prev, v_prev):  # XLA:CPU
+    del d, m_prev, v_prev
+    k1 = unshared(k)
+    # Constant first: XLA:CPU's YNNPACK reduction fuses a minimum (not a
+    # select), and its minimum returns the second operand, here the NaN.
+    return jnp.sum(jnp.minimum(k1.one, k1.c * conformity))
 
-  def recomputed_sum(e):
-    k = unshared(e.k)
-    d, m_prev, v_prev = (_as_rows(x) for x in (e.d, e.m_prev, e.v_prev))
-    m = _ema(m_prev, d, k.beta, k.one_minus_beta)
-    v = _ema(v_prev, d * d, k.beta, k.one_minus_beta)
-    return jnp.sum(jnp.sum(_scale_from_moments(m, v, k, cdf), axis=-1,
-                           dtype=k.one.dtype))
+  def recomputed_sum(conformity, d, m_prev, v_prev):
+    del conformity
+    k1 = unshared(k)
+    d, m_prev, v_prev = (_as_rows(x) for x in (d, m_prev, v_prev))
+    m, v = _ema(m_prev, d, k1), _ema(v_prev, d * d, k1)
+    s = _scale(_conformity(m, v, k1, cdf), k1)
+    return jnp.sum(jnp.sum(s, axis=-1, dtype=k1.one.dtype))
 
-  if entry.d.size == 0:
-    return jnp.zeros((), entry.k.one.dtype)
+  if d.size == 0:
+    return jnp.zeros((), k.one.dtype)
   return jax.lax.platform_dependent(
-      entry, cpu=materialised_sum, default=recomputed_sum)
+      conformity, d, m_prev, v_prev, cpu=materialised_sum,
+      default=recomputed_sum)
 
 
-def _mean_scale(sums: list[jax.Array], leaves: list[Any],
+def _mean_scale(conformity: Any, d: Any, m_prev: Any, v_prev: Any,
+                k: dict[Any, _Constants], count: jax.Array, cdf: str,
                 axis_name: Hashable | None, dtype: jnp.dtype) -> jax.Array:
   """Element-weighted mean of s over all leaves, in ``dtype``.
 
   With ``axis_name`` the sums and sizes of every shard along that mapped
   axis are added up first, so that model-parallel shards agree on the mean.
   """
-  size = sum(int(np.prod(x.shape)) for x in leaves)
+  unit = count > 0  # a runtime True, see _scale_sum
+  sums = jax.tree.leaves(jax.tree.map(
+      lambda x, *args: _scale_sum(x, *args, k[x.dtype], unit, cdf),
+      conformity, d, m_prev, v_prev))
+  size = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(conformity))
   total = (sum(sums) if sums else jnp.zeros((), dtype)).astype(dtype)
   if axis_name is not None:
     total, size = jax.lax.psum((total, jnp.asarray(size, dtype)), axis_name)
@@ -333,65 +321,20 @@ def _mean_scale(sums: list[jax.Array], leaves: list[Any],
   return jnp.where(size > 0, total / jnp.maximum(size, 1), 1).astype(dtype)
 
 
-# ------------------------------------------------- one leaf's update
+def _adam_step(mu: jax.Array, nu: jax.Array, e1: _Ema, e2: _Ema,
+               eps: jax.Array) -> jax.Array:
+  """Adam's bias-corrected step from the updated moments (before -lr)."""
+  nu_hat = nu * e2.inv_bias_correction
+  return (mu * e1.inv_bias_correction) / (jnp.sqrt(nu_hat) + eps)
 
 
-class _AdamScalars(NamedTuple):
-  """The per-step scalars of the fused update besides CProp's own."""
-
-  k1: _Constants  # Adam's first moment (decay b1)
-  k2: _Constants  # Adam's second moment (decay b2)
-  eps: jax.Array
-  learning_rate: jax.Array
-  weight_decay: jax.Array
+def _initial_mean_scale(params: Any, track_mean_scale: bool) -> Any:
+  if not track_mean_scale:
+    return None
+  return jnp.ones([], _common.widest_float_dtype(params))
 
 
-def _adam_leaf(d, mu, nu, m, v, k: _Constants, adam: _AdamScalars,
-               cdf: str):
-  """The fused update of one leaf from d = g (+ λθ), §1.4.
-
-  ``v`` is None when CProp's second moment is Adam's ν (§5.5). Returns the
-  update (statistics dtype), the new μ, ν, m, v, and the scale-sum inputs.
-  """
-  dd = d * d
-  m_prev, v_prev = m, nu if v is None else v  # CProp's moments before
-  mu = _ema(mu, d, adam.k1.beta, adam.k1.one_minus_beta)
-  nu = _ema(nu, dd, adam.k2.beta, adam.k2.one_minus_beta)
-  m = _ema(m, d, k.beta, k.one_minus_beta)
-  v = None if v is None else _ema(v, dd, k.beta, k.one_minus_beta)
-  conformity = _conformity(m, nu if v is None else v, k, cdf)
-  s = _scale(conformity, k)
-  nu_hat = nu * adam.k2.inv_bias_correction
-  step = (mu * adam.k1.inv_bias_correction) / (jnp.sqrt(nu_hat) + adam.eps)
-  u = -adam.learning_rate * step * s
-  return u, mu, nu, m, v, _ScaleSumInputs(conformity, k, d, m_prev, v_prev)
-
-
-def _wrapper_leaf(g, u, m_prev, v_prev, k: _Constants, cdf: str):
-  """The scaled update and new EMAs of one leaf of :func:`cprop` (§1.2)."""
-  m = _ema(m_prev, g, k.beta, k.one_minus_beta)
-  v = _ema(v_prev, g * g, k.beta, k.one_minus_beta)
-  conformity = _conformity(m, v, k, cdf)
-  s = _scale(conformity, k)
-  scaled = (u.astype(s.dtype) * s).astype(u.dtype)
-  return scaled, m, v, _ScaleSumInputs(conformity, k, g, m_prev, v_prev)
-
-
-class _ConstantsCache:
-  """One :class:`_Constants` per statistics dtype of a tree."""
-
-  def __init__(self, count, beta, c, eps, cdf):
-    self._args = (count, beta, c, eps, cdf)
-    self._cache = {}
-
-  def __call__(self, dtype) -> _Constants:
-    dtype = jnp.dtype(dtype)
-    if dtype not in self._cache:
-      self._cache[dtype] = _constants(*self._args, dtype)
-    return self._cache[dtype]
-
-
-# ------------------------------------------------------------- wrapper
+# ------------------------------------------------------------- factories
 
 
 def cprop(
@@ -424,17 +367,14 @@ def cprop(
     s_t &= \min\bigl(1,\; c \, |2 F(z_t) - 1|\bigr), \quad
     u_t = s_t \odot \mathrm{inner}(g_t)
 
-  where :math:`F` is the normal CDF or one of its approximations (``cdf``).
-  :math:`\hat\sigma_1^2` is forced to 0, so that :math:`s_1 = \min(1, c)` for
-  every non-zero gradient. The statistics see the gradients passed to this
-  wrapper; the scale multiplies the *output* of ``inner``, so the inner state
-  (e.g. a momentum buffer) accumulates unscaled quantities, as in the
-  reference implementation.
-
-  Statistics are kept in float32 for bfloat16/float16 params and in the
-  params' dtype otherwise (float64 stays float64). ``state.mean_scale`` holds
-  the element-weighted mean of :math:`s_t` over all parameters (the quantity
-  plotted in the paper; 1 before the first update).
+  where :math:`F` is the normal CDF or an approximation (``cdf``), and
+  :math:`\hat\sigma_1^2 := 0`, so that :math:`s_1 = \min(1, c)` for every
+  non-zero gradient. The scale multiplies the *output* of ``inner``: its
+  state (e.g. a momentum buffer) accumulates unscaled quantities, as in the
+  reference implementation. Statistics are float32 for bfloat16/float16
+  params and in the params' dtype otherwise. ``state.mean_scale`` is the
+  element-weighted mean of :math:`s_t` over all parameters (plotted in the
+  paper; 1 before the first update). Details: docs/cprop.md.
 
   Args:
     inner: the transformation whose updates are scaled, e.g.
@@ -477,10 +417,8 @@ def cprop(
     Gradient Conformity <https://arxiv.org/abs/1912.11493>`_, 2019.
 
   .. note::
-    Place the wrapper around the optimizer, not inside a chain:
-    ``chain(cprop_like, adam)`` would rescale the gradients Adam normalises,
-    and ``chain(adam, cprop_like)`` would take statistics of Adam's smoothed
-    updates instead of the raw gradients (spec §5.1).
+    Wrap the optimizer instead of chaining CProp before or after it
+    (docs/cprop.md, "Placement").
   """
   if not (callable(getattr(inner, "init", None))
           and callable(getattr(inner, "update", None))):
@@ -497,42 +435,29 @@ def cprop(
         m=_common.stats_zeros_like(params),
         v=_common.stats_zeros_like(params),
         inner_state=inner.init(params),
-        mean_scale=(jnp.ones([], _common.widest_float_dtype(params))
-                    if track_mean_scale else None),
+        mean_scale=_initial_mean_scale(params, track_mean_scale),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
     inner_updates, inner_state = inner_update(
         updates, state.inner_state, params, **extra_args)
     count = optax.safe_int32_increment(state.count)
-    constants = _ConstantsCache(count, beta, c, eps, cdf)
-    unit = count > 0  # a runtime True, see _scale_sum
-    def leaf(g, u, m_prev, v_prev):
-      scaled, m, v, sum_inputs = _wrapper_leaf(
-          g.astype(m_prev.dtype), u, m_prev, v_prev, constants(m_prev.dtype),
-          cdf)
-      return scaled, m, v, _scale_sum(sum_inputs, unit, cdf)
-
-    treedef = jax.tree.structure(updates)
-    out = [leaf(*args) for args in zip(
-        treedef.flatten_up_to(updates), treedef.flatten_up_to(inner_updates),
-        treedef.flatten_up_to(state.m), treedef.flatten_up_to(state.v),
-        strict=True)]
-    new_updates, m, v, sums = ([o[i] for o in out] for i in range(4))
-    new_state = CPropState(
-        count=count,
-        m=treedef.unflatten(m),
-        v=treedef.unflatten(v),
-        inner_state=inner_state,
-        mean_scale=(_mean_scale(sums, m, axis_name, state.mean_scale.dtype)
-                    if track_mean_scale else None),
-    )
-    return treedef.unflatten(new_updates), new_state
+    k = _per_dtype(state.m, lambda dtype: _constants(
+        count, beta, c, eps, cdf, dtype))
+    g = jax.tree.map(lambda g, m: g.astype(m.dtype), updates, state.m)
+    m, v = _update_moment(g, state.m, k, 1), _update_moment(g, state.v, k, 2)
+    conformity = jax.tree.map(
+        lambda m, v: _conformity(m, v, k[m.dtype], cdf), m, v)
+    new_updates = jax.tree.map(
+        lambda u, x: (u.astype(x.dtype) * _scale(x, k[x.dtype])).astype(
+            u.dtype), inner_updates, conformity)
+    mean_scale = None
+    if track_mean_scale:
+      mean_scale = _mean_scale(conformity, g, state.m, state.v, k, count, cdf,
+                               axis_name, state.mean_scale.dtype)
+    return new_updates, CPropState(count, m, v, inner_state, mean_scale)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-# ------------------------------------------------------------- aliases
 
 
 def cprop_sgd(
@@ -550,26 +475,21 @@ def cprop_sgd(
 ) -> optax.GradientTransformationExtraArgs:
   r"""SGD (with optional momentum and L2 decay) scaled by CProp.
 
-  The reference CPropSGD:
+  The reference CPropSGD, exactly ``cprop(optax.chain(
+  optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate,
+  momentum, nesterov)), beta, c, eps, cdf)``:
 
   .. math::
 
-    d_t = g_t + \lambda \theta_t, \quad
-    b_t = \mu b_{t-1} + d_t, \quad
+    b_t = \mu b_{t-1} + g_t + \lambda \theta_t, \quad
     \theta_{t+1} = \theta_t - \eta \, s_t \odot b_t
 
-  (Nesterov: :math:`d_t + \mu b_t` instead of :math:`b_t`), where
-  :math:`s_t` is the CProp scale of :func:`cprop` computed from the raw
-  gradient :math:`g_t`, i.e. *before* weight decay. It is exactly
-  ``cprop(optax.chain(optax.add_decayed_weights(weight_decay),
-  optax.sgd(learning_rate, momentum, nesterov)), beta, c, eps, cdf)``.
-
-  A concrete ``momentum == 0`` maps to ``optax.sgd(momentum=None)``: no
-  momentum buffer is allocated (2 CProp slots per parameter). A non-zero or
-  traced ``momentum`` (e.g. under :func:`optax.inject_hyperparams`, which
-  calls the factory with traced numbers) keeps a momentum buffer, so the
-  state structure never depends on a traced value; pass
-  ``static_args=("momentum",)`` to inject to keep the buffer-free layout.
+  (Nesterov: :math:`g_t + \lambda \theta_t + \mu b_t` instead of
+  :math:`b_t`), where :math:`s_t` is the scale of :func:`cprop` from the
+  raw gradient :math:`g_t`, before weight decay. A concrete ``momentum == 0``
+  allocates no momentum buffer; a traced one (e.g. from
+  :func:`optax.inject_hyperparams`, unless ``static_args=("momentum",)``)
+  keeps one, so the state structure never depends on a traced value.
 
   Args:
     learning_rate: a fixed learning rate or a schedule of the step count.
@@ -620,6 +540,7 @@ def cprop_sgd(
                track_mean_scale=track_mean_scale, axis_name=axis_name)
 
 
+
 def cprop_adam(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
     b1: jax.typing.ArrayLike = 0.9,
@@ -636,8 +557,7 @@ def cprop_adam(
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam scaled by CProp, fused so that both share the second moment.
 
-  The reference CPropAdam (L2-style weight decay, seen by both Adam and
-  CProp):
+  The reference CPropAdam (L2-style weight decay, seen by Adam and CProp):
 
   .. math::
 
@@ -647,16 +567,15 @@ def cprop_adam(
     u_t &= -\eta_t \, s_t \odot
       \frac{\mu_t / (1 - b_1^t)}{\sqrt{\nu_t / (1 - b_2^t)} + \epsilon}
 
-  where :math:`s_t` is the CProp scale of :func:`cprop` computed from
+  where :math:`s_t` is the scale of :func:`cprop` computed from
   :math:`d_t`. With ``beta=None`` (the default) CProp's decay is ``b2`` and
-  its second moment *is* :math:`\nu_t`, so the state holds 3 slots per
-  parameter (μ, ν, CProp's m) instead of the 4 of ``cprop(optax.adam(...))``.
-  An explicit ``beta`` gives CProp its own second moment (4 slots), and the
-  update matches ``optax.chain(optax.add_decayed_weights(weight_decay),
+  its second moment *is* :math:`\nu_t`: 3 slots per parameter (μ, ν,
+  CProp's m) instead of the 4 of ``cprop(optax.adam(...))``. An explicit
+  ``beta`` gives CProp its own second moment, and the update matches
+  ``optax.chain(optax.add_decayed_weights(weight_decay),
   cprop(optax.adam(learning_rate, b1, b2, eps), beta, c, cprop_eps, cdf))``
   to float rounding. The layout depends only on whether ``beta`` is given,
-  so it is the same under :func:`optax.inject_hyperparams`. All slots are
-  float32 for bfloat16/float16 params.
+  so :func:`optax.inject_hyperparams` keeps it.
 
   Args:
     learning_rate: a fixed learning rate or a schedule of the step count.
@@ -699,79 +618,57 @@ def cprop_adam(
     Kingma & Ba, `Adam: A Method for Stochastic Optimization
     <https://arxiv.org/abs/1412.6980>`_, 2014.
   """
-  for name, value in (("b1", b1), ("b2", b2)):
+  for name, value in (("b1", b1), ("b2", b2)):  # a bad b2 is named b2
     _common.check_range(name, value, lower=0.0, upper=1.0,
                         upper_inclusive=False)
-  share = beta is None
-  _check_cprop_hyperparams(b2 if share else beta, c, cprop_eps, "cprop_eps",
-                           cdf)
-  _common.check_range("learning_rate", learning_rate, lower=0.0)
-  _common.check_range("eps", eps, lower=0.0)
-  _common.check_range("weight_decay", weight_decay, lower=0.0)
+  share = beta is None  # CProp's v is then Adam's ν
   cprop_beta = b2 if share else beta
+  _check_cprop_hyperparams(cprop_beta, c, cprop_eps, "cprop_eps", cdf)
+  for name, value in (("learning_rate", learning_rate), ("eps", eps),
+                      ("weight_decay", weight_decay)):
+    _common.check_range(name, value, lower=0.0)
+  no_decay = _common.is_concrete_number(weight_decay) and weight_decay == 0
 
   def init_fn(params):
     _common.check_float_leaves(params, "cprop_adam")
     zeros = lambda: _common.stats_zeros_like(params)
     return CPropAdamState(
-        count=jnp.zeros([], jnp.int32),
-        mu=zeros(),
-        nu=zeros(),
-        m=zeros(),
+        count=jnp.zeros([], jnp.int32), mu=zeros(), nu=zeros(), m=zeros(),
         v=None if share else zeros(),
-        mean_scale=(jnp.ones([], _common.widest_float_dtype(params))
-                    if track_mean_scale else None),
-    )
+        mean_scale=_initial_mean_scale(params, track_mean_scale))
 
   def update_fn(updates, state, params=None, **extra_args):
-    # complies with signature of GradientTransformationExtraArgs but ignores
-    # the extra_args
     del extra_args
-    no_decay = (_common.is_concrete_number(weight_decay)
-                and weight_decay == 0)
-    if not no_decay:
-      _common.require_params(params, "cprop_adam with weight_decay")
     step_size = _common.value_at(learning_rate, state.count)
     count = optax.safe_int32_increment(state.count)
-    unit = count > 0  # a runtime True, see _scale_sum
-    cprop_constants = _ConstantsCache(count, cprop_beta, c, cprop_eps, cdf)
-    adam_constants = _ConstantsCache(count, b1, 0.0, 0.0, cdf)
-    nu_constants = _ConstantsCache(count, b2, 0.0, 0.0, cdf)
+    k = _per_dtype(state.mu, lambda dtype: _constants(
+        count, cprop_beta, c, cprop_eps, cdf, dtype))
+    k1 = _per_dtype(state.mu, lambda dtype: _ema_scalars(b1, count, dtype))
+    k2 = _per_dtype(state.mu, lambda dtype: _ema_scalars(b2, count, dtype))
+    d = jax.tree.map(lambda g, mu: g.astype(mu.dtype), updates, state.mu)
+    if not no_decay:  # the L2 term, seen by Adam and CProp
+      _common.require_params(params, "cprop_adam with weight_decay")
+      d = jax.tree.map(lambda d, p: d + _cast(weight_decay, d) * p.astype(
+          d.dtype), d, params)
+    mu, nu = _update_moment(d, state.mu, k1, 1), _update_moment(
+        d, state.nu, k2, 2)
+    m = _update_moment(d, state.m, k, 1)
+    v = nu if share else _update_moment(d, state.v, k, 2)
+    conformity = jax.tree.map(
+        lambda m, v: _conformity(m, v, k[m.dtype], cdf), m, v)
 
-    def adam_scalars(dtype):
-      return _AdamScalars(
-          k1=adam_constants(dtype), k2=nu_constants(dtype),
-          eps=jnp.asarray(eps).astype(dtype),
-          learning_rate=jnp.asarray(step_size).astype(dtype),
-          weight_decay=jnp.asarray(weight_decay).astype(dtype))
+    def scaled_step(g, mu, nu, x):  # -lr · Adam's step · s
+      step = _adam_step(mu, nu, k1[x.dtype], k2[x.dtype], _cast(eps, x))
+      u = -_cast(step_size, x) * step * _scale(x, k[x.dtype])
+      return u.astype(g.dtype)
 
-    def leaf(g, p, mu, nu, m, v):
-      k, adam = cprop_constants(mu.dtype), adam_scalars(mu.dtype)
-      d = g.astype(mu.dtype)
-      if p is not None:  # L2 term, seen by Adam and CProp (§1.4)
-        d = d + adam.weight_decay * p.astype(mu.dtype)
-      u, mu, nu, m, v, sum_inputs = _adam_leaf(d, mu, nu, m, v, k, adam, cdf)
-      return (u.astype(g.dtype), mu, nu, m, v,
-              _scale_sum(sum_inputs, unit, cdf))
-
-    treedef = jax.tree.structure(updates)
-    flat = lambda tree: treedef.flatten_up_to(tree)
-    flat_params = ([None] * treedef.num_leaves if no_decay
-                   else flat(params))
-    flat_v = flat(state.v) if not share else [None] * treedef.num_leaves
-    out = [leaf(*args) for args in zip(
-        flat(updates), flat_params, flat(state.mu), flat(state.nu),
-        flat(state.m), flat_v, strict=True)]
-    u, mu, nu, m, v, sums = ([o[i] for o in out] for i in range(6))
-    new_state = CPropAdamState(
-        count=count,
-        mu=treedef.unflatten(mu),
-        nu=treedef.unflatten(nu),
-        m=treedef.unflatten(m),
-        v=None if share else treedef.unflatten(v),
-        mean_scale=(_mean_scale(sums, mu, axis_name, state.mean_scale.dtype)
-                    if track_mean_scale else None),
-    )
-    return treedef.unflatten(u), new_state
+    new_updates = jax.tree.map(scaled_step, updates, mu, nu, conformity)
+    mean_scale = None
+    if track_mean_scale:
+      mean_scale = _mean_scale(
+          conformity, d, state.m, state.nu if share else state.v, k, count,
+          cdf, axis_name, state.mean_scale.dtype)
+    return new_updates, CPropAdamState(
+        count, mu, nu, m, None if share else v, mean_scale)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

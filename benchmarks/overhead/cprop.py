@@ -16,7 +16,7 @@
 
 Run through ``python -m benchmarks.overhead --methods cprop``. The update
 targets are those of XLA:CPU's loops, which write each output array in its
-own loop (docs/results.md, "CProp's update on the CPU").
+own loop (docs/results.md, "CProp on XLA's loops").
 """
 
 from __future__ import annotations

@@ -18,11 +18,9 @@ Usage::
 
   python -m benchmarks.studies.cprop_breakdown [--rounds 41]
 
-Times ``optax.adam``, the library's ``cprop_adam`` (on a CPU: its fused
-kernel where built), the same update on XLA's loops (``cprop_adam, XLA
-loops``, as without the kernel) and stripped-down copies of the XLA-loop
-update on the 9.9M-parameter tree of ``benchmarks.overhead`` as paired
-per-round ratios (``benchmarks.overhead._timing.paired_ratios``):
+Times ``optax.adam``, the library's ``cprop_adam`` and stripped-down
+copies of its update on the 9.9M-parameter tree of ``benchmarks.overhead``
+as paired per-round ratios (``benchmarks.overhead._timing.paired_ratios``):
 
 * ``no mean scale``: the same update without the ``mean_scale`` reduction;
 * ``no mean scale, jnp.tanh``: that, with XLA's general ``tanh`` instead of
@@ -32,8 +30,8 @@ per-round ratios (``benchmarks.overhead._timing.paired_ratios``):
 * ``scale 1``: only the memory traffic of the third moment (scale = 1).
 
 The stripped copies are diagnostics, not optimizers: they show how much of
-the XLA-loop update's overhead is memory traffic, how much the CDF and how
-much the reduction.
+the update's overhead is memory traffic, how much the CDF and how much the
+reduction (docs/results.md, "CProp on XLA's loops").
 """
 
 from __future__ import annotations
@@ -76,13 +74,13 @@ def stripped_cprop_adam(variant: str, learning_rate: float = 1e-3,
     del params
     count = optax.safe_int32_increment(state.count)
     k = _cprop._constants(count, 0.999, 1.0, 1e-8, "bft", jnp.float32)
-    k1 = _cprop._constants(count, 0.9, 0.0, 0.0, "bft", jnp.float32)
-    k2 = _cprop._constants(count, 0.999, 0.0, 0.0, "bft", jnp.float32)
+    k1 = _cprop._ema_scalars(0.9, count, jnp.float32)
+    k2 = _cprop._ema_scalars(0.999, count, jnp.float32)
 
     def leaf(g, mu, nu, m):
-      mu = _cprop._ema(mu, g, k1.beta, k1.one_minus_beta)
-      nu = _cprop._ema(nu, g * g, k2.beta, k2.one_minus_beta)
-      m = _cprop._ema(m, g, k.beta, k.one_minus_beta)
+      mu = _cprop._ema(mu, g, k1)
+      nu = _cprop._ema(nu, g * g, k2)
+      m = _cprop._ema(m, g, k)
       if variant == "scale 1":
         s = jnp.ones_like(m)
       elif variant == "no CDF":
