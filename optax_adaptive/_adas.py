@@ -54,18 +54,23 @@ class _Settings(NamedTuple):
   hold_lr_while_zero_gain: bool
 
 
-@jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
-class _Static:
-  """Hashable data without leaves, fixed by ``init``.
+class _Config:
+  """The arguments of :func:`adas` at ``init``, a pytree node without leaves.
 
-  ``layout`` names the layers (:func:`adas_layer_names`); ``settings`` (plain
-  Python values, or None when ``init`` saw traced hyperparameters) serve only
-  the deprecated :func:`adas_end_epoch`, and go with it.
+  ``update`` never reads it (it has its own arguments). It serves
+  :func:`adas_layer_names` (``layer_groups``) and the deprecated
+  :func:`adas_end_epoch` (``settings``; None where ``init`` saw traced
+  values), and goes with the latter. It must not depend on the params, so
+  that ``optax.tree.map_params`` sees one state structure.
   """
 
-  layout: _Layout
+  layer_groups: Callable[..., Any] | None
   settings: _Settings | None
+
+
+jax.tree_util.register_pytree_node(
+    _Config, lambda config: ((), config), lambda config, _: config)
 
 
 class AdasState(NamedTuple):
@@ -90,7 +95,7 @@ class AdasState(NamedTuple):
   output_rank: jax.Array | None  # shape=(n,), dtype=jnp.int32
   ready: jax.Array  # shape=(n + 1,), bool; gain seen non-zero (fc last)
   trace: optax.Params  # momentum buffer, like params (float32 for bf16)
-  static: _Static  # no leaves: layer layout, names
+  config: _Config  # no leaves: see _Config
 
 
 def adas_layer_names(
@@ -98,20 +103,22 @@ def adas_layer_names(
 ) -> tuple[str, ...]:
   """Names of the conv layers, in the order of ``state.layer_lr``.
 
+  The names follow from the parameter paths and shapes, which the momentum
+  buffer ``state.trace`` shares with the params, and ``layer_groups``.
+
   Args:
     state: an :class:`AdasState` (of :func:`adas`'s ``init`` or ``update``).
-    params: unused; accepted for compatibility (the state holds the names,
-      derived at ``init`` from the parameter paths and shapes).
+    params: optional; the parameters (by default the momentum buffer).
 
   Returns:
     One name per conv layer, e.g. ``"conv1"`` or ``"blocks/Conv_0[2]"`` for
     the third layer of a stacked kernel.
   """
-  del params
   if not isinstance(state, AdasState):
     raise TypeError(
         f"adas_layer_names: `state` must be an AdasState; got {type(state)}.")
-  return state.static.layout.layer_names
+  tree = state.trace if params is None else params
+  return _build_layout(tree, state.config.layer_groups).layer_names
 
 
 # ------------------------------------------------------------- epoch end
@@ -139,14 +146,8 @@ def _replicated(x: jax.Array) -> jax.Array:
   return jax.sharding.reshard(x, jax.sharding.PartitionSpec())
 
 
-def _check_leaves(layout: _Layout, leaves: list, name: str) -> None:
-  shapes_ok = all(leaf < len(leaves) and len(leaves[leaf].shape) >= 2
-                  for leaf in layout.kernel_leaf)
-  if len(leaves) != layout.n_leaves or not shapes_ok:
-    raise ValueError(
-        f"adas: `{name}` has {len(leaves)} leaves; the state was built for"
-        f" parameters with {layout.n_leaves} leaves and {layout.n_layers}"
-        " conv layers.")
+def _n_layers(state: AdasState) -> int:
+  return 0 if state.layer_lr is None else state.layer_lr.shape[0]
 
 
 def _measure(layout: _Layout, s: _Settings,
@@ -164,10 +165,14 @@ def _measure(layout: _Layout, s: _Settings,
   return jax.tree.map(lambda *xs: jnp.concatenate(xs), *gains)
 
 
-def _end_epoch(state: AdasState, params, s: _Settings) -> AdasState:
+def _end_epoch(state: AdasState, params, s: _Settings,
+               layer_groups) -> AdasState:
   """Epoch end on the updated ``params``: measure the gains, set the rates."""
-  layout = state.static.layout
-  _check_leaves(layout, jax.tree.leaves(params), "params")
+  layout = _build_layout(params, layer_groups)
+  if layout.n_layers != _n_layers(state):
+    raise ValueError(
+        f"adas: `params` has {layout.n_layers} conv layers; the state was"
+        f" built for {_n_layers(state)}.")
   kg = _measure(layout, s, params) if layout.n_layers else None
   return _update_rates(state, kg, s)
 
@@ -225,12 +230,12 @@ def _update_rates(state: AdasState, kg, s: _Settings) -> AdasState:
 
 
 def _legacy_end_epoch(state: AdasState, params) -> AdasState:
-  settings = state.static.settings
+  settings = state.config.settings
   if settings is None:
     raise ValueError(
         "adas_end_epoch: the state's `init` saw traced hyperparameters; end"
         " epochs with `tx.update(..., end_of_epoch=...)` instead.")
-  return _end_epoch(state, params, settings)
+  return _end_epoch(state, params, settings, state.config.layer_groups)
 
 
 _legacy_end_epoch_jit = jax.jit(_legacy_end_epoch)
@@ -281,12 +286,10 @@ def _leaf_rate(state: AdasState, layout: _Layout, group: int, ndim: int,
   return rate.reshape(stack + (1,) * (ndim - len(stack)))
 
 
-def _sgd_step(updates, state: AdasState, params, init_lr, momentum,
-              weight_decay):
+def _sgd_step(updates, state: AdasState, params, layout: _Layout, init_lr,
+              momentum, weight_decay):
   """PyTorch SGD with L2 decay at each leaf's rate: returns (updates, trace)."""
-  layout = state.static.layout
   grad_leaves, treedef = jax.tree.flatten(updates)
-  _check_leaves(layout, grad_leaves, "updates")
   trace_leaves = treedef.flatten_up_to(state.trace)
   param_leaves = (treedef.flatten_up_to(params) if params is not None
                   else [None] * len(grad_leaves))
@@ -325,12 +328,12 @@ def _epoch_done(count, steps_per_epoch, end_of_epoch):
   return end_of_epoch
 
 
-def _static_settings(settings: _Settings) -> _Settings | None:
-  """The settings as hashable Python values; None if any is traced."""
+def _concrete(settings: _Settings) -> _Settings | None:
+  """The settings, or None if any is traced (a tracer must not outlive
+  ``init`` in the state)."""
   if any(isinstance(v, jax.core.Tracer) for v in settings):
     return None
-  return _Settings(*(v.item() if isinstance(v, (jax.Array, np.ndarray))
-                     else v for v in settings))
+  return settings
 
 
 def _check_adas_args(learning_rate, beta, zeta, min_lr, momentum,
@@ -478,7 +481,7 @@ def adas(
         fc_lr=jnp.asarray(learning_rate, fdt),
         ready=jnp.zeros((n + 1,), bool),
         trace=_common.stats_zeros_like(params),
-        static=_Static(layout, _static_settings(settings)), **per_layer)
+        config=_Config(layer_groups, _concrete(settings)), **per_layer)
 
   def update_fn(updates, state, params=None, *, end_of_epoch=None,
                 **extra_args):
@@ -488,13 +491,14 @@ def adas(
     if decays or done is not False:
       _common.require_params(params, "adas")
     init_lr = jnp.asarray(learning_rate, state.fc_lr.dtype)
-    updates, trace = _sgd_step(updates, state, params, init_lr, momentum,
-                               weight_decay)
+    layout = _build_layout(updates, layer_groups)
+    updates, trace = _sgd_step(updates, state, params, layout, init_lr,
+                               momentum, weight_decay)
     state = state._replace(count=count, trace=trace)
     if done is False:
       return updates, state
     new_params = optax.apply_updates(params, updates)  # measured after
-    end = lambda s: _end_epoch(s, new_params, settings)
+    end = lambda s: _end_epoch(s, new_params, settings, layer_groups)
     if done is True:
       return updates, end(state)
     # Only the small fields pass through the loop, so that steps that end no

@@ -522,7 +522,7 @@ def test_adas_end_epoch_misuse():
   with pytest.raises(ValueError, match="requires `params`"):
     oa.adas_end_epoch(state, None)
   other = {"a": {"kernel": _kernel()}, "b": {"kernel": _kernel()}}
-  with pytest.raises(ValueError, match="2 leaves; the state was built"):
+  with pytest.raises(ValueError, match="2 conv layers; the state was built"):
     oa.adas_end_epoch(state, other)
   with pytest.raises(ValueError, match="holds no AdasState"):
     oa.adas_end_epoch(params, state)  # arguments swapped
