@@ -140,8 +140,7 @@ def _per_layer_zeros(n: int, fdt: jnp.dtype, *,
 
 def _replicated(x: jax.Array) -> jax.Array:
   """Gathers an explicitly sharded kernel: the SVD needs all of it."""
-  spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
-  if spec is None or all(axis is None for axis in spec):
+  if not _common.explicitly_sharded(x):
     return x
   return jax.sharding.reshard(x, jax.sharding.PartitionSpec())
 
@@ -244,10 +243,8 @@ _legacy_end_epoch_jit = jax.jit(_legacy_end_epoch)
 def adas_end_epoch(state: Any, params: optax.Params) -> Any:
   """Deprecated: pass ``end_of_epoch=True`` to ``update`` instead.
 
-  Ends an epoch from outside ``update``: measures the knowledge gains on
-  ``params`` (the parameters after the epoch's last update) and sets the next
-  rates, for every :class:`AdasState` inside ``state``, with the
-  hyperparameters :func:`adas` had at ``init``. Kept for one release.
+  Ends an epoch from outside ``update`` for every :class:`AdasState` inside
+  ``state``, with the hyperparameters :func:`adas` had at ``init``.
 
   Args:
     state: an :class:`AdasState`, or any optimizer state containing one.
@@ -336,6 +333,54 @@ def _concrete(settings: _Settings) -> _Settings | None:
   return settings
 
 
+class _Sgd(NamedTuple):
+  """The arguments of :func:`adas` that every step reads."""
+
+  momentum: Any
+  weight_decay: Any
+  steps_per_epoch: Any
+  layer_groups: Callable[..., Any] | None
+
+
+def _update(updates, state: AdasState, params, end_of_epoch,
+            settings: _Settings, sgd: _Sgd):
+  """One SGD step, then the epoch end if this step ends an epoch."""
+  count = optax.safe_int32_increment(state.count)
+  done = _epoch_done(count, sgd.steps_per_epoch, end_of_epoch)
+  decays = not (_common.is_concrete_number(sgd.weight_decay)
+                and sgd.weight_decay == 0)
+  if decays or done is not False:
+    _common.require_params(params, "adas")
+  init_lr = jnp.asarray(settings.learning_rate, state.fc_lr.dtype)
+  layout = _build_layout(updates, sgd.layer_groups)
+  updates, trace = _sgd_step(updates, state, params, layout, init_lr,
+                             sgd.momentum, sgd.weight_decay)
+  state = state._replace(count=count, trace=trace)
+  if done is False:
+    return updates, state
+  new_params = optax.apply_updates(params, updates)  # measured after
+  end = lambda s: _end_epoch(s, new_params, settings, sgd.layer_groups)
+  if done is True:
+    return updates, end(state)
+  # Only the small fields pass through the loop, so that steps that end no
+  # epoch copy nothing; under vmap it runs when any lane ends an epoch.
+  state = _common.run_if(done, end, state._replace(trace=None))
+  return updates, state._replace(trace=trace)
+
+
+def _init_state(params, learning_rate, config: _Config) -> AdasState:
+  _common.check_float_leaves(params, "adas")
+  n = _build_layout(params, config.layer_groups).n_layers
+  fdt = _common.widest_float_dtype(params)
+  per_layer = _per_layer_zeros(n, fdt)
+  if n:
+    per_layer["layer_lr"] = jnp.full((n,), learning_rate, fdt)
+  return AdasState(
+      count=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32),
+      fc_lr=jnp.asarray(learning_rate, fdt), ready=jnp.zeros((n + 1,), bool),
+      trace=_common.stats_zeros_like(params), config=config, **per_layer)
+
+
 def _check_adas_args(learning_rate, beta, zeta, min_lr, momentum,
                      weight_decay, steps_per_epoch, settings: _Settings,
                      layer_groups) -> None:
@@ -400,23 +445,16 @@ def adas(
   :math:`\eta_0`.
 
   An epoch ends after the ``update`` called with ``end_of_epoch=True`` (a
-  Python or traced boolean scalar, like ``value`` of
-  :func:`optax.contrib.reduce_on_plateau`), or, with ``steps_per_epoch``,
-  after every ``steps_per_epoch``-th ``update``. The SVDs run only on those
-  steps (for a traced flag in a zero-or-one-trip :func:`jax.lax.while_loop`,
-  so that ``update`` is then not reverse-mode differentiable); they need
-  ``params``.
+  boolean scalar, possibly traced; docs/adas.md, "Epoch ends"), or after
+  every ``steps_per_epoch``-th ``update``; those updates need ``params``.
 
   Args:
     learning_rate: initial rate :math:`\eta_0`, a number (not a schedule:
-      AdaS is the schedule). Injected with
-      :func:`optax.inject_hyperparams` and changed mid-run, it is still only
-      :math:`\eta_0`: it changes the rate of the leaves in no group and the
-      :math:`\Delta(0)` of an epoch 0 not yet ended, never the conv and fc
-      rates in force, which are ``state.layer_lr`` and ``state.fc_lr``
-      (also in :func:`optax_adaptive.diagnostics`). To scale every rate,
-      chain ``optax.inject_hyperparams(optax.scale)(step_size=1.0)`` after
-      ``adas`` and change ``step_size``.
+      AdaS is the schedule). Changed mid-run (``inject_hyperparams``), it
+      changes only the leaves in no group and a :math:`\Delta(0)` not yet
+      applied, never the rates in force, ``state.layer_lr`` and
+      ``state.fc_lr`` (docs/adas.md, "When to use it", shows how to scale
+      them).
     beta: gain factor :math:`\beta \in [0, 1)`.
     zeta: scale :math:`\zeta` of the knowledge-gain increment.
     min_lr: lower clip :math:`\eta_{\min}` of every rate (``0.0`` for the
@@ -428,10 +466,8 @@ def adas(
     p: exponent of the knowledge gain, 1 or 2.
     solver: ``"brent_ref"`` (reference parity) or ``"golden_log"``.
     layer_groups: optional ``fn(path, leaf) -> label`` overriding the
-      default grouping, where ``path`` is a tuple of names and indices and
-      the label is a group name, a :class:`LayerGroup`, ``"fc"`` or
-      ``"init"``/``None``. Like an ``optax.partition`` label function it may
-      use only structure, shape and path; ``init`` applies it once.
+      default grouping (:func:`adas_layer_groups`): a group name, a
+      :class:`LayerGroup`, ``"fc"`` or ``"init"``/``None``.
     transpose_tall: transpose tall unfoldings (the PyPI package's rule).
     hold_lr_while_zero_gain: keep :math:`\eta_0` for a layer until its gain
       is first non-zero (the PyPI package's rule).
@@ -466,44 +502,15 @@ def adas(
                        spectrum, transpose_tall, hold_lr_while_zero_gain)
   _check_adas_args(learning_rate, beta, zeta, min_lr, momentum, weight_decay,
                    steps_per_epoch, settings, layer_groups)
-  decays = not (_common.is_concrete_number(weight_decay) and weight_decay == 0)
+  sgd = _Sgd(momentum, weight_decay, steps_per_epoch, layer_groups)
 
   def init_fn(params):
-    _common.check_float_leaves(params, "adas")
-    layout = _build_layout(params, layer_groups)
-    fdt = _common.widest_float_dtype(params)
-    n = layout.n_layers
-    per_layer = _per_layer_zeros(n, fdt)
-    if n:
-      per_layer["layer_lr"] = jnp.full((n,), learning_rate, fdt)
-    return AdasState(
-        count=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32),
-        fc_lr=jnp.asarray(learning_rate, fdt),
-        ready=jnp.zeros((n + 1,), bool),
-        trace=_common.stats_zeros_like(params),
-        config=_Config(layer_groups, _concrete(settings)), **per_layer)
+    config = _Config(layer_groups, _concrete(settings))
+    return _init_state(params, learning_rate, config)
 
   def update_fn(updates, state, params=None, *, end_of_epoch=None,
                 **extra_args):
     del extra_args
-    count = optax.safe_int32_increment(state.count)
-    done = _epoch_done(count, steps_per_epoch, end_of_epoch)
-    if decays or done is not False:
-      _common.require_params(params, "adas")
-    init_lr = jnp.asarray(learning_rate, state.fc_lr.dtype)
-    layout = _build_layout(updates, layer_groups)
-    updates, trace = _sgd_step(updates, state, params, layout, init_lr,
-                               momentum, weight_decay)
-    state = state._replace(count=count, trace=trace)
-    if done is False:
-      return updates, state
-    new_params = optax.apply_updates(params, updates)  # measured after
-    end = lambda s: _end_epoch(s, new_params, settings, layer_groups)
-    if done is True:
-      return updates, end(state)
-    # Only the small fields pass through the loop, so that steps that end no
-    # epoch copy nothing; under vmap it runs when any lane ends an epoch.
-    state = _common.run_if(done, end, state._replace(trace=None))
-    return updates, state._replace(trace=trace)
+    return _update(updates, state, params, end_of_epoch, settings, sgd)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
