@@ -33,15 +33,15 @@ from optax_adaptive._cprop import cprop_adam
 from optax_adaptive._cprop import cprop_sgd
 
 # AdaS (arXiv 2006.06587).
-from optax_adaptive._adas import AdasEarlyStopState
 from optax_adaptive._adas import AdasState
-from optax_adaptive._adas import LayerGroup
 from optax_adaptive._adas import adas
-from optax_adaptive._adas import adas_early_stop
-from optax_adaptive._adas import adas_early_stop_init
 from optax_adaptive._adas import adas_end_epoch
-from optax_adaptive._adas import adas_layer_groups
 from optax_adaptive._adas import adas_layer_names
+from optax_adaptive._adas_early_stop import AdasEarlyStopState
+from optax_adaptive._adas_early_stop import adas_early_stop
+from optax_adaptive._adas_early_stop import adas_early_stop_init
+from optax_adaptive._adas_layers import LayerGroup
+from optax_adaptive._adas_layers import adas_layer_groups
 from optax_adaptive._spectral import EVBMFResult
 from optax_adaptive._spectral import KnowledgeGain
 from optax_adaptive._spectral import evbmf

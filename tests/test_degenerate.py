@@ -28,6 +28,8 @@ message says to keep such leaves out of the params instead.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,6 +78,14 @@ def _run(case, params, grads=None, steps=2, tx=None, jit=True):
   return updates, state, params
 
 
+def _adas_end_of_epoch(case, state, params):
+  """AdaS's state after an update with zero gradients that ends an epoch."""
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  tx = case.build(steps_per_epoch=None)  # epochs end where flagged
+  update = functools.partial(tx.update, end_of_epoch=True)
+  return jax.jit(update)(zeros, state, params)[1]
+
+
 def _assert_finite(tree):
   inexact = [x for x in jax.tree.leaves(tree)
              if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
@@ -101,7 +111,7 @@ def test_zero_gradients_and_zero_params(case):
   _utils.assert_trees_all_equal(updates, grads)  # exactly zero
   _utils.assert_trees_all_equal(new_params, params)
   if case.name.startswith("adas"):  # epoch end on zero kernels
-    state = jax.jit(oa.adas_end_epoch)(state, params)
+    state = _adas_end_of_epoch(case, state, params)
     _assert_finite(state)
     assert np.all(np.asarray(state.layer_lr) > 0)
     assert np.all(np.asarray(state.gain) == 0.0)  # a zero kernel: rank 0
@@ -133,7 +143,7 @@ def test_zero_sized_leaves(case):
   assert updates["conv"]["kernel"].shape == (3, 3, 0, 4)
   assert float(_loss(new_params)) < float(_loss(params))
   if case.name.startswith("adas"):
-    _assert_finite(oa.adas_end_epoch(state, new_params))
+    _assert_finite(_adas_end_of_epoch(case, state, new_params))
 
 
 # -------------------------------------------------------- None and holes
@@ -247,11 +257,11 @@ def _degenerate_cnn():
 
 
 def test_adas_degenerate_kernels():
-  """Epoch ends inside update, then one explicit adas_end_epoch."""
+  """Epoch ends counted by update, then one flagged with end_of_epoch."""
   params = _degenerate_cnn()
   tx = oa.adas(learning_rate=0.05, steps_per_epoch=2)
   state = tx.init(params)
-  assert oa.adas_layer_names(state, params) == tuple(_KERNELS)
+  assert oa.adas_layer_names(state) == tuple(_KERNELS)
   step = jax.jit(tx.update)
   for epoch in range(2):
     for _ in range(2):
@@ -261,7 +271,10 @@ def test_adas_degenerate_kernels():
     assert int(state.epoch) == epoch + 1
     _assert_finite((updates, state, params))
     assert np.all(np.asarray(state.layer_lr) >= 1e-20)
-  state = oa.adas_end_epoch(state, params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  flagged = oa.adas(learning_rate=0.05, weight_decay=0.0)
+  _, state = jax.jit(functools.partial(flagged.update, end_of_epoch=True))(
+      zeros, state, params)
   _assert_finite(state)
   gain = dict(zip(_KERNELS, np.asarray(state.gain)))
   assert gain["conv3_no_inputs"] == 0.0 and gain["conv4_no_outputs"] == 0.0

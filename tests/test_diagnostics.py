@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import chex
@@ -40,7 +41,7 @@ EXPECTED_KEYS = {
     "labpal": {"labpal/labpal_learning_rate", "labpal/labpal_step_length",
                "labpal/updates_done", "labpal/pending", "labpal/retries",
                "labpal/info.raw_step", "labpal/info.status"},
-    "adas": {"adas/epoch", "adas/layer_lr", "adas/fc_lr", "adas/init_lr",
+    "adas": {"adas/epoch", "adas/layer_lr", "adas/fc_lr",
              "adas/gain", "adas/input_gain", "adas/output_gain",
              "adas/input_condition", "adas/output_condition"},
     "cprop_autodrop": CPROP | AUTODROP,
@@ -111,7 +112,7 @@ def test_values_are_numbers_a_logger_takes(case, model):
     np.round(np.asarray(value), 4)
   if "adas/fc_lr" in out:  # the rates in force
     (adas_state,) = find_states(state)
-    assert float(out["adas/init_lr"]) == float(adas_state.init_lr)
+    assert float(out["adas/fc_lr"]) == float(adas_state.fc_lr)
     assert ("adas/layer_lr" in out) == (model is _utils.cnn_problem)
 
 
@@ -230,10 +231,10 @@ def test_unlisted_library_state_reports_small_float_fields():
 
 @pytest.mark.slow  # compiles AdaS's epoch end (SVD + EVBMF)
 def test_adas_per_layer_values_after_an_epoch_end():
-  adas = oa.adas
-  end_epoch = oa.adas_end_epoch
-  tx = adas(learning_rate=0.1)
-  state = jax.jit(end_epoch)(tx.init(PARAMS), PARAMS)
+  tx = oa.adas(learning_rate=0.1)
+  zeros = jax.tree.map(jnp.zeros_like, PARAMS)
+  _, state = jax.jit(functools.partial(tx.update, end_of_epoch=True))(
+      zeros, tx.init(PARAMS), PARAMS)
   out = diagnostics(state)
   assert out["adas/layer_lr"].shape == (1,)  # one conv layer
   np.testing.assert_allclose(out["adas/layer_lr"], [0.1], rtol=1e-6)

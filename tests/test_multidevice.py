@@ -253,26 +253,27 @@ def test_adas_gathers_kernels_only_at_epoch_end():
   """With FSDP params, AdaS's per-step update is local; only the epoch-end
   SVD all-gathers the sharded kernels."""
   _require(T.METHODS_BY_NAME["adas"])
-  adas_fn = oa.adas
-  end_epoch = oa.adas_end_epoch
   mesh = _explicit_mesh()
   with jax.set_mesh(mesh):
     params = T.init_params()
     params = jax.tree.map(jax.device_put, params,
                           T.fsdp_shardings(params, mesh))
-    tx = adas_fn(learning_rate=0.05)  # explicit epoch ends
+    tx = oa.adas(learning_rate=0.05, weight_decay=0.0)
     state = tx.init(params)
     grads = jax.tree.map(jnp.ones_like, params)
     step_hlo = jax.jit(tx.update).lower(
         grads, state, params).compile().as_text()
-    end_hlo = jax.jit(end_epoch).lower(state, params).compile().as_text()
+    zeros = jax.tree.map(jnp.zeros_like, params)  # the epoch end alone
+    end_epoch = jax.jit(lambda s, p: tx.update(
+        zeros, s, p, end_of_epoch=True)[1])
+    end_hlo = end_epoch.lower(state, params).compile().as_text()
     step_gathers = [g for gs in _collectives_by_computation(step_hlo).values()
                     for g in gs]
     end_gathers = [g for gs in _collectives_by_computation(end_hlo).values()
                    for g in gs]
     assert not step_gathers, step_gathers
     assert end_gathers, "the epoch-end SVD should gather sharded kernels"
-    new_state = jax.jit(end_epoch)(state, params)
+    new_state = end_epoch(state, params)
     assert jax.tree.map(jax.typeof, new_state) == jax.tree.map(
         jax.typeof, state)
     _assert_state_layout(new_state, T.fsdp_shardings(params, mesh))

@@ -337,12 +337,11 @@ _SPECS = [
         f"cprop_adam(lr {ADAM_LR}), CProp defaults",
         trace=_trace_library, requires=(("_cprop", "cprop_adam"),)),
     OptimizerSpec(
-        "adas", "library", lambda spe, total: _lib("_adas", "adas")(),
+        "adas", "library",
+        lambda spe, total: _lib("_adas", "adas")(steps_per_epoch=spe),
         "adas() at its defaults (lr 0.03, beta 0.8, momentum 0.9, weight "
-        "decay 5e-4), adas_end_epoch after every epoch",
-        epoch_end=_lib("_adas", "adas_end_epoch"),
-        trace=_trace_library,
-        requires=(("_adas", "adas"), ("_adas", "adas_end_epoch"))),
+        "decay 5e-4), an epoch end in the last update of every epoch",
+        trace=_trace_library, requires=(("_adas", "adas"),)),
     OptimizerSpec(
         "autodrop-sgd", "library",
         lambda spe, total: optax.chain(
