@@ -17,8 +17,8 @@
 The straightforward computation of the AdaS reference code: one
 ``numpy.linalg.svd`` and one ``scipy.optimize.minimize_scalar(
 method="bounded")`` per unfolding, in float64. The benchmark
-``benchmarks/studies/adas_knowledge_gain.py`` times its own copy, which also builds
-the singular vectors as the reference does.
+``benchmarks/studies/adas_knowledge_gain.py`` times its own copy, which
+also builds the singular vectors as the reference does.
 """
 
 from __future__ import annotations

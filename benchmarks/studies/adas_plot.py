@@ -14,8 +14,9 @@
 # ==============================================================================
 """Per-layer AdaS rates and knowledge gains over an mnist1d training run.
 
-Trains :class:`benchmarks.harness.models.CNN1D` on mnist1d with ``adas(...)``, each
-epoch's last update flagged with ``end_of_epoch=True``, and writes
+Trains :class:`benchmarks.harness.models.CNN1D` on mnist1d with
+``adas(...)``, each epoch's last update flagged with ``end_of_epoch=True``,
+and writes
 ``adas_layers.png`` (rates, gains, conditions per conv layer and the fc rate
 against the epoch) and ``adas_layers.json`` (the numbers) into ``--out``.
 
