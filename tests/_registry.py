@@ -331,6 +331,9 @@ RECIPE_CASES = [
         skips={**_PRODIGY_SKIPS,
                "g": "prodigy's first steps at d0 = 1e-6 do not move bfloat16"
                     " params; autodrop_prodigy_inner runs (g) with d0 = 0.1"},
+        # autodrop_after_sgd runs the checks for autodrop by default; the
+        # recipe keeps test_recipe_* there.
+        slow=True,
     ),
 ]
 CASES += RECIPE_CASES
