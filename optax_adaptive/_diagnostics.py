@@ -59,8 +59,8 @@ MONITORED_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "AdasState": (
         "adas",
-        ("epoch", "layer_lr", "fc_lr", "init_lr", "gain", "input_gain",
-         "output_gain", "input_condition", "output_condition"),
+        ("epoch", "layer_lr", "fc_lr", "gain", "input_gain", "output_gain",
+         "input_condition", "output_condition"),
     ),
     "AdasEarlyStopState": ("adas_early_stop", ("best_loss", "wait")),
 }
@@ -216,8 +216,7 @@ def diagnostics(opt_state: Any) -> dict[str, jax.Array]:
   ``adas``                     ``adas/epoch``, ``layer_lr`` (per conv
                                layer, in the order of
                                ``adas_layer_names(state)``), ``fc_lr``,
-                               ``init_lr`` (the rate of the other
-                               leaves), ``gain``, ``input_gain``,
+                               ``gain``, ``input_gain``,
                                ``output_gain``, ``input_condition``,
                                ``output_condition`` (mapping
                                conditions); the per-layer keys only with

@@ -66,13 +66,13 @@ def nnx_value_fn(
   (BatchNorm statistics, RNG state, ...) with :func:`flax.nnx.as_pure`, and
   returns ``value_fn(params, ...) = loss_fn(nnx.merge(graphdef, params,
   snapshot), ...)``. Each call builds a fresh model, so a train-mode forward
-  pass inside it updates only that throw-away copy (conventions §3.1
-  pitfall): the live ``model`` is never modified.
+  pass inside it updates only that throw-away copy: the live ``model`` is
+  never modified.
 
   Build it inside the jitted train step *before* the forward-backward pass
   of the step. Then ``value_fn`` replays the step's RNG state, so dropout
   masks match those of ``value`` and every point along the line sees the
-  same mask (spec labpal.md §7.6.1).
+  same mask (see :doc:`/flax`).
 
   Args:
     model: the nnx module being trained.

@@ -18,8 +18,6 @@ Everything here is a pure function of arrays with static shapes: the rank
 that EVBMF retains is data dependent, so it is carried as a mask and a count,
 never as a shape. The functions jit, vmap and run on any backend.
 
-Section numbers (``§``) refer to ``spec/adas.md``.
-
 References:
   Hosseini & Plataniotis, `AdaS: Adaptive Scheduling of Stochastic Gradients
   <https://arxiv.org/abs/2006.06587>`_, 2020.
@@ -40,17 +38,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from optax_adaptive import _common
+from optax_adaptive import _common, _minimize_scalar
 
 SOLVERS = ("brent_ref", "golden_log")
 SPECTRA = ("gram", "svd")
 
-_GOLDEN = 0.5 * (3.0 - math.sqrt(5.0))  # 0.381966..., scipy's golden_mean
-_SCIPY_SQRT_EPS = math.sqrt(2.2e-16)  # scipy's hard-coded sqrt_eps
-_BRENT_XATOL = 1e-5  # scipy's default absolute tolerance, §1.3
-_BRENT_MAXITER = 500
-_GOLDEN_LOG_ITERS = 80  # §6.6 (b): fixed iterations on ln sigma^2
-_TAU_BAR_FACTOR = 2.5129  # §1.3: tau_bar = 2.5129 sqrt(alpha)
+# The reference's fixed approximation of Nakajima et al.'s tau_bar.
+_TAU_BAR_FACTOR = 2.5129  # tau_bar = 2.5129 sqrt(alpha)
 
 
 class EVBMFResult(NamedTuple):
@@ -69,7 +63,7 @@ class EVBMFResult(NamedTuple):
 
 
 class KnowledgeGain(NamedTuple):
-  """Knowledge gain of one conv kernel (§1.4-§1.5).
+  """Knowledge gain of one conv kernel (see :func:`knowledge_gain`).
 
   Attributes:
     input_gain: G of the mode-3 (input-channel) unfolding; shape=(...).
@@ -78,7 +72,7 @@ class KnowledgeGain(NamedTuple):
     output_condition: mapping condition kappa of mode 4 (0 at rank 0).
     input_rank: EVBMF rank of mode 3; int32.
     output_rank: EVBMF rank of mode 4; int32.
-    gain: the layer score, the mean of the two gains (§1.5).
+    gain: the layer score G-bar, the mean of the two gains.
   """
 
   input_gain: jax.Array
@@ -101,7 +95,7 @@ def _unfold(kernel: jax.Array, axis: int) -> jax.Array:
 
 
 def input_unfolding(kernel: jax.Array) -> jax.Array:
-  """Mode-3 unfolding of a Flax ``(spatial..., in, out)`` kernel, §1.2.
+  """Mode-3 unfolding of a Flax ``(spatial..., in, out)`` kernel.
 
   Row ``i`` holds every weight that reads input channel ``i``; the result
   has shape ``(in, prod(spatial) * out)``. Extra leading axes are not
@@ -111,7 +105,7 @@ def input_unfolding(kernel: jax.Array) -> jax.Array:
 
 
 def output_unfolding(kernel: jax.Array) -> jax.Array:
-  """Mode-4 unfolding of a Flax ``(spatial..., in, out)`` kernel, §1.2.
+  """Mode-4 unfolding of a Flax ``(spatial..., in, out)`` kernel.
 
   Row ``o`` holds the weights of output filter ``o``; the result has shape
   ``(out, prod(spatial) * in)``.
@@ -130,10 +124,10 @@ def squared_singular_values(
   ``spectrum="gram"`` takes the eigenvalues of the smaller Gram matrix (one
   matrix product and one symmetric eigensolve, several times cheaper than an
   SVD on CPU); ``"svd"`` squares ``jnp.linalg.svd(..., compute_uv=False)``.
-  EVBMF only needs squared values (§1.3), and the Gram route has an
-  absolute error of about ``eps * gamma_1**2`` in each of them, i.e. the
-  same order as an SVD's for every value above ``sqrt(eps) * gamma_1``
-  (§6.8 discusses the small ones).
+  EVBMF only needs squared values, and the Gram route has an absolute
+  error of about ``eps * gamma_1**2`` in each of them, i.e. the same order
+  as an SVD's for every value above ``sqrt(eps) * gamma_1`` (docs/adas.md,
+  "Numerics and the solver", discusses the small ones).
   """
   _common.check_choice("spectrum", spectrum, SPECTRA)
   matrix = matrix.astype(_common.stats_dtype(matrix.dtype))
@@ -154,7 +148,7 @@ def squared_singular_values(
 
 
 class _Geometry(NamedTuple):
-  """Static (Python) constants of EVBMF for an L x M input, §1.3."""
+  """Static (Python) constants of EVBMF for an L x M input."""
 
   rows: int  # L
   cols: int  # M
@@ -166,20 +160,20 @@ class _Geometry(NamedTuple):
 
 def _geometry(rows: int, cols: int) -> _Geometry:
   alpha = rows / cols
-  tau_bar = _TAU_BAR_FACTOR * math.sqrt(alpha)  # §1.3
-  xubar = (1.0 + tau_bar) * (1.0 + alpha / tau_bar)  # §1.3
-  k = min(math.ceil(rows / (1.0 + alpha)) - 1, rows)  # §1.3, H = L
+  tau_bar = _TAU_BAR_FACTOR * math.sqrt(alpha)
+  xubar = (1.0 + tau_bar) * (1.0 + alpha / tau_bar)  # x-bar
+  k = min(math.ceil(rows / (1.0 + alpha)) - 1, rows)  # max rank H = L
   return _Geometry(rows, cols, min(rows, cols), alpha, xubar, k)
 
 
 def _objective(sigma2, s2, geo: _Geometry):
-  """Omega(sigma^2) - n of §1.3 with rho_res = 0."""
+  """The EVB free energy Omega(sigma^2) - n (see :func:`evbmf`)."""
   tiny = jnp.finfo(s2.dtype).tiny
-  x = jnp.maximum(s2 / (geo.cols * sigma2), tiny)  # §6.5: clamp before log
+  x = jnp.maximum(s2 / (geo.cols * sigma2), tiny)  # clamped: no log(0)
   above = x > geo.xubar
   shifted = x - (1.0 + geo.alpha)
   root = jnp.sqrt(jnp.maximum(shifted * shifted - 4.0 * geo.alpha, 0.0))
-  tau = 0.5 * (shifted + root)  # tau(x), §1.3
+  tau = 0.5 * (shifted + root)  # tau(x)
   psi_above = ((x - tau) + jnp.log((tau + 1.0) / x)
                + geo.alpha * jnp.log(tau / geo.alpha + 1.0))  # psi0 + psi1
   # psi0 - 1 = (x - 1) - ln x, written with log1p so that the many terms
@@ -194,153 +188,33 @@ def _objective(sigma2, s2, geo: _Geometry):
 
 
 def _bounds(s2, geo: _Geometry):
-  """sigma^2 bracket of §1.3 (0-based: s[K] and s[K:])."""
+  """The reference's sigma^2 bracket (0-based: s[K] and s[K:])."""
   tiny = jnp.finfo(s2.dtype).tiny
   upper = jnp.sum(s2, axis=-1) / (geo.rows * geo.cols)
   lower = jnp.maximum(s2[..., geo.k] / (geo.cols * geo.xubar),
                       jnp.mean(s2[..., geo.k:], axis=-1) / geo.cols)
-  return jnp.maximum(lower, tiny), upper  # §6.5: lower >= tiny
-
-
-def brent_bounded(fun, lower, upper, xatol=_BRENT_XATOL,
-                  maxiter=_BRENT_MAXITER):
-  """Brent's bounded minimiser, step for step as scipy's ``fminbound``.
-
-  Golden-section steps with parabolic interpolation, as
-  ``scipy.optimize.minimize_scalar(method="bounded")`` (§1.3, §6.6 (a)),
-  including its fast path: when ``upper - lower`` is below about
-  ``1.08e-5`` the first golden point ``lower + 0.381966 (upper - lower)`` is
-  returned after one evaluation (§7 T9). Runs in a ``lax.while_loop`` on
-  scalars, so it jits and vmaps.
-
-  Args:
-    fun: scalar function of a scalar.
-    lower: lower end of the bracket (scalar array).
-    upper: upper end of the bracket, ``>= lower``.
-    xatol: absolute tolerance on the minimiser.
-    maxiter: maximum number of function evaluations.
-
-  Returns:
-    The minimiser found, with the dtype of ``lower``.
-  """
-  a, b = jnp.asarray(lower), jnp.asarray(upper, jnp.asarray(lower).dtype)
-  dtype = a.dtype
-  xf = a + _GOLDEN * (b - a)
-  fx = fun(xf)
-  zero = jnp.zeros((), dtype)
-
-  def tolerances(xf):
-    tol1 = _SCIPY_SQRT_EPS * jnp.abs(xf) + xatol / 3.0
-    return tol1, 2.0 * tol1
-
-  def unconverged(c):
-    a, b, xf, num = c[0], c[1], c[2], c[10]
-    _, tol2 = tolerances(xf)
-    xm = 0.5 * (a + b)
-    return (jnp.abs(xf - xm) > tol2 - 0.5 * (b - a)) & (num < maxiter)
-
-  def step(c):
-    a, b, xf, fx, nfc, fnfc, fulc, ffulc, e, rat, num = c
-    tol1, tol2 = tolerances(xf)
-    xm = 0.5 * (a + b)
-    try_parabola = jnp.abs(e) > tol1
-    r = (xf - nfc) * (fx - ffulc)
-    q = (xf - fulc) * (fx - fnfc)
-    p = (xf - fulc) * q - (xf - nfc) * r
-    q = 2.0 * (q - r)
-    p = jnp.where(q > 0.0, -p, p)
-    q = jnp.abs(q)
-    parabola_ok = (try_parabola & (jnp.abs(p) < jnp.abs(0.5 * q * e))
-                   & (p > q * (a - xf)) & (p < q * (b - xf)))
-    rat_parabola = p / jnp.where(q == 0.0, 1.0, q)
-    x_parabola = xf + rat_parabola
-    near_edge = ((x_parabola - a) < tol2) | ((b - x_parabola) < tol2)
-    toward_mid = jnp.sign(xm - xf) + ((xm - xf) == 0)
-    rat_parabola = jnp.where(near_edge, tol1 * toward_mid, rat_parabola)
-    e_golden = jnp.where(xf >= xm, a - xf, b - xf)
-    new_e = jnp.where(parabola_ok, rat, e_golden)
-    new_rat = jnp.where(parabola_ok, rat_parabola, _GOLDEN * e_golden)
-    si = jnp.sign(new_rat) + (new_rat == 0)
-    x = xf + si * jnp.maximum(jnp.abs(new_rat), tol1)
-    fu = fun(x)
-    better = fu <= fx
-    # The branch where the new point is not better.
-    a_worse = jnp.where(x < xf, x, a)
-    b_worse = jnp.where(x < xf, b, x)
-    to_second = (fu <= fnfc) | (nfc == xf)
-    to_third = ~to_second & ((fu <= ffulc) | (fulc == xf) | (fulc == nfc))
-    w_fulc = jnp.where(to_second, nfc, jnp.where(to_third, x, fulc))
-    w_ffulc = jnp.where(to_second, fnfc, jnp.where(to_third, fu, ffulc))
-    w_nfc = jnp.where(to_second, x, nfc)
-    w_fnfc = jnp.where(to_second, fu, fnfc)
-    pick = lambda good, bad: jnp.where(better, good, bad)
-    return (
-        pick(jnp.where(x >= xf, xf, a), a_worse),
-        pick(jnp.where(x >= xf, b, xf), b_worse),
-        pick(x, xf), pick(fu, fx),
-        pick(xf, w_nfc), pick(fx, w_fnfc),
-        pick(nfc, w_fulc), pick(fnfc, w_ffulc),
-        new_e, new_rat, num + 1,
-    )
-
-  init = (a, b, xf, fx, xf, fx, xf, fx, zero, zero, jnp.ones((), jnp.int32))
-  return jax.lax.while_loop(unconverged, step, init)[2]
-
-
-def golden_log(fun, lower, upper, iterations=_GOLDEN_LOG_ITERS):
-  """Golden-section search on ``ln x`` over ``[lower, upper]`` (§6.6 (b)).
-
-  A fixed number of iterations, relative precision ``0.618**iterations``
-  of the log-bracket; no while loop.
-  """
-  lo, hi = jnp.log(lower), jnp.log(jnp.maximum(upper, lower))
-  inner_lo = lo + _GOLDEN * (hi - lo)
-  inner_hi = hi - _GOLDEN * (hi - lo)
-  f_lo, f_hi = fun(jnp.exp(inner_lo)), fun(jnp.exp(inner_hi))
-
-  def step(_, c):
-    lo, hi, inner_lo, inner_hi, f_lo, f_hi = c
-    keep_left = f_lo <= f_hi
-    new_lo = jnp.where(keep_left, lo, inner_lo)
-    new_hi = jnp.where(keep_left, inner_hi, hi)
-    probe = jnp.where(keep_left, new_lo + _GOLDEN * (new_hi - new_lo),
-                      new_hi - _GOLDEN * (new_hi - new_lo))
-    f_probe = fun(jnp.exp(probe))
-    return (new_lo, new_hi,
-            jnp.where(keep_left, probe, inner_hi),
-            jnp.where(keep_left, inner_lo, probe),
-            jnp.where(keep_left, f_probe, f_hi),
-            jnp.where(keep_left, f_lo, f_probe))
-
-  lo, hi, *_ = jax.lax.fori_loop(
-      0, iterations, step, (lo, hi, inner_lo, inner_hi, f_lo, f_hi))
-  return jnp.exp(0.5 * (lo + hi))
+  return jnp.maximum(lower, tiny), upper  # lower >= tiny: no log(0)
 
 
 def _evbmf_from_spectrum(s2, geo: _Geometry, solver: str) -> EVBMFResult:
-  """EVBMF (§1.3) of one matrix given its squared singular values."""
+  """EVBMF of one matrix given its squared singular values."""
   lower, upper = _bounds(s2, geo)
-  valid = lower <= upper  # an inverted bracket means rank 0, §1.3
+  valid = lower <= upper  # inverted bracket: rank 0, as the reference
   upper = jnp.maximum(upper, lower)
   fun = lambda sigma2: _objective(sigma2, s2, geo)
   if solver == "brent_ref":
-    sigma2 = brent_bounded(fun, lower, upper)
+    sigma2 = _minimize_scalar.brent_bounded(fun, lower, upper)
   else:
-    sigma2 = golden_log(fun, lower, upper)
+    sigma2 = _minimize_scalar.golden_log(fun, lower, upper)
   gamma = jnp.sqrt(s2)
-  threshold = jnp.sqrt(geo.cols * sigma2 * geo.xubar)  # gamma_EVB, §1.3
+  threshold = jnp.sqrt(geo.cols * sigma2 * geo.xubar)  # gamma_EVB
   kept = (gamma > threshold) & valid
   safe_gamma = jnp.where(kept, gamma, 1.0)
   q = 1.0 - (geo.rows + geo.cols) * sigma2 / safe_gamma**2
   disc = q * q - 4.0 * geo.rows * geo.cols * sigma2**2 / safe_gamma**4
-  shrunk = 0.5 * safe_gamma * (q + jnp.sqrt(jnp.maximum(disc, 0.0)))  # §1.3
+  shrunk = 0.5 * safe_gamma * (q + jnp.sqrt(jnp.maximum(disc, 0.0)))
   shrunk = jnp.where(kept, shrunk, 0.0)
   return EVBMFResult(sigma2, jnp.sum(kept, dtype=jnp.int32), shrunk)
-
-
-def _effective_shape(shape, transpose_tall: bool):
-  rows, cols = shape
-  return (cols, rows) if transpose_tall and rows > cols else (rows, cols)
 
 
 def evbmf(
@@ -352,7 +226,8 @@ def evbmf(
   r"""Empirical variational Bayes matrix factorisation (EVBMF) of a matrix.
 
   Estimates the noise variance :math:`\hat\sigma^2` of :math:`Y \in
-  \mathbb{R}^{L \times M}` by minimising the EVB free energy (spec §1.3)
+  \mathbb{R}^{L \times M}` by minimising the EVB free energy (Nakajima et al.
+  2013, with the reference's approximation of :math:`\bar x`)
 
   .. math::
 
@@ -368,7 +243,7 @@ def evbmf(
       {\gamma_h^2} + \sqrt{\Big(1 - \frac{(L+M)\hat\sigma^2}{\gamma_h^2}
       \Big)^2 - \frac{4 L M \hat\sigma^4}{\gamma_h^4}}\Big).
 
-  Tall inputs are not transposed (the reference does not, §1.2); where the
+  Tall inputs are not transposed (the reference does not); where the
   bracket is inverted the rank is 0, as in the reference.
 
   Args:
@@ -394,7 +269,9 @@ def evbmf(
     (2, 1.138)
 
   References:
-    Hosseini & Plataniotis, `AdaS <https://arxiv.org/abs/2006.06587>`_, 2020.
+    Nakajima, Tomioka, Sugiyama & Babacan, `Global Analytic Solution of
+    Fully-observed Variational Bayesian Matrix Factorization
+    <https://jmlr.org/papers/v14/nakajima13a.html>`_, JMLR 2013.
   """
   _common.check_choice("solver", solver, SOLVERS)
   _common.check_choice("spectrum", spectrum, SPECTRA)
@@ -422,7 +299,7 @@ def _evbmf_jit(matrix, solver, spectrum):
 
 
 def gain_and_condition(shrunk, rank, normaliser, p=1):
-  """G and kappa of one unfolding from its shrunk values, §1.4 and §6.4.
+  """G and kappa of one unfolding from its shrunk values.
 
   Both are 0 at rank 0 (the reference's sentinel); every division is
   guarded so the unselected lanes carry no NaN either.
@@ -443,7 +320,7 @@ def gain_and_condition(shrunk, rank, normaliser, p=1):
 
 
 def check_p(p) -> None:
-  """The exponent of §1.4 is 1 or 2 (arrays, e.g. traced, pass unchecked)."""
+  """The exponent of G and kappa is 1 or 2 (arrays pass unchecked)."""
   _common.check_number_type("p", p)
   if _common.is_concrete_number(p) and p not in (1, 2):
     raise ValueError(f"`p` must be 1 or 2; got {p}.")
@@ -469,14 +346,14 @@ def knowledge_gains(
   layers of the same shape). All unfoldings of equal (effective) shape,
   across kernels and modes, go through one batched spectrum and one
   vmapped EVBMF, so compile and run time grow with the number of distinct
-  shapes, not with the number of layers (§6.9).
+  shapes, not with the number of layers.
 
   Args:
     kernels: sequence of ``(B, spatial..., in, out)`` arrays.
-    p: the exponent of §1.4 (1 or 2).
+    p: the exponent of G and kappa (1 or 2).
     solver: ``"brent_ref"`` or ``"golden_log"``, see :func:`evbmf`.
     transpose_tall: transpose unfoldings with more rows than columns before
-      EVBMF, keeping the row-count normaliser ([1.1.3]/[RM], §1.2).
+      EVBMF, keeping the row-count normaliser (the PyPI package's rule).
     spectrum: ``"gram"`` or ``"svd"``, see :func:`squared_singular_values`.
 
   Returns:
@@ -546,7 +423,7 @@ def knowledge_gain(
   For the mode-3 (input) and mode-4 (output) unfoldings of a
   ``(spatial..., in, out)`` kernel, with :math:`\hat\gamma` the EVBMF-shrunk
   singular values, :math:`r` the EVBMF rank and :math:`N_d` the channel
-  count of the mode (spec §1.4-§1.5):
+  count of the mode (the paper's knowledge gain and mapping condition):
 
   .. math::
 
@@ -563,7 +440,7 @@ def knowledge_gain(
     kernel: a ``(spatial..., in, out)`` array.
     p: exponent, 1 (default) or 2.
     solver: ``"brent_ref"`` (reference parity) or ``"golden_log"``.
-    transpose_tall: the [1.1.3]/[RM] convention for tall unfoldings.
+    transpose_tall: the PyPI package's convention for tall unfoldings.
     spectrum: ``"gram"`` (default, fast) or ``"svd"``.
 
   Returns:
@@ -574,7 +451,7 @@ def knowledge_gain(
     >>> from optax_adaptive._spectral import knowledge_gain
     >>> he = jax.random.normal(jax.random.key(0), (3, 3, 64, 64)) * (
     ...     2 / (9 * 64)) ** 0.5
-    >>> float(knowledge_gain(he).gain)  # random init is pure noise (§7 T10)
+    >>> float(knowledge_gain(he).gain)  # random init is pure noise
     0.0
 
   References:

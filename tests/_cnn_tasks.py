@@ -105,11 +105,18 @@ class Method:
     build: ``build(axis_name) -> tx``; ``axis_name`` is the mapped axis
       under pmap/shard_map (None under jit), used only by line searches.
     kind: ``"plain"`` (no extra args), ``"pal"`` or ``"labpal"``.
+    factories: the public factories whose code ``build`` runs (``name``
+      by default): ``pal`` chains ``scale_by_pal``, ``labpal`` returns
+      ``scale_by_labpal``.
   """
 
   name: str
   build: Callable[[str | None], optax.GradientTransformationExtraArgs]
   kind: str = "plain"
+  factories: tuple[str, ...] = ()
+
+  def covers(self) -> tuple[str, ...]:
+    return self.factories or (self.name,)
 
   def __repr__(self):
     return self.name
@@ -185,8 +192,9 @@ METHODS = [
     Method("autodrop", _autodrop),
     Method("autodrop_v1", _autodrop_v1),
     Method("adas", _adas),
-    Method("pal", _pal, kind="pal"),
-    Method("labpal", _labpal, kind="labpal"),
+    Method("pal", _pal, kind="pal", factories=("pal", "scale_by_pal")),
+    Method("labpal", _labpal, kind="labpal",
+           factories=("labpal", "scale_by_labpal")),
     Method("cprop_autodrop", _cprop_autodrop),
 ]
 
@@ -198,7 +206,7 @@ def _autodrop_prodigy(axis_name):
       oa.autodrop(window_size=2, buffer_size=2, threshold_deg=45.0))
 
 
-# Issue 19: the recipes of docs/choosing.md, through the same system tests.
+# The recipes of docs/choosing.md, through the same system tests.
 RECIPES = [
     Method("autodrop_prodigy", _autodrop_prodigy),
 ]

@@ -1,9 +1,10 @@
-"""Tests of AutoDrop (spec/autodrop.md §7) and its v1 compatibility mode."""
+"""Tests of AutoDrop (UAI 2024, Algorithm 1) and its v1 compatibility mode."""
 
 from __future__ import annotations
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,11 +12,12 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from optax_adaptive import _autodrop
+import optax_adaptive as oa
+from optax_adaptive import _autodrop, _autodrop_v1, _common
 from tests import _utils
 
 autodrop = _autodrop.autodrop
-autodrop_v1 = _autodrop.autodrop_v1
+autodrop_v1 = _autodrop_v1.autodrop_v1
 
 # ------------------------------------------------------------------ helpers
 
@@ -27,9 +29,9 @@ def _turning_path(omegas_deg):
   return np.concatenate([np.zeros((1, 2)), np.cumsum(steps, axis=0)])
 
 
-# §7 T2: ω rises 70°, 71°, ..., 99° over 30 windows, then stays at 100°.
-T2_OMEGAS = np.concatenate([np.arange(70.0, 100.0), np.full(40, 100.0)])
-T2_POINTS = _turning_path(T2_OMEGAS)
+# ω rises 70°, 71°, ..., 99° over 30 windows, then stays at 100°.
+PLATEAU_OMEGAS = np.concatenate([np.arange(70.0, 100.0), np.full(40, 100.0)])
+PLATEAU_POINTS = _turning_path(PLATEAU_OMEGAS)
 
 
 def _drop_record(tx, points, updates_fn=None):
@@ -53,7 +55,7 @@ def _drop_calls(drops):
 
 
 def _nqm(dim, seed, alpha, x0, steps, tx=None, record=None):
-  """GD on the noisy quadratic of §7 T3/T4: L = ½ Σ a_i (x_i - c_i)²."""
+  """GD on the noisy quadratic (UAI Sec. 3): L = ½ Σ a_i (x_i - c_i)²."""
   a = jnp.arange(1, dim + 1, dtype=jnp.float32) / 10
   tx = optax.sgd(alpha) if tx is None else tx
   params = jnp.full((dim,), x0, jnp.float32)
@@ -79,7 +81,7 @@ def _autodrop_state(state):
   return next(s for s in state if isinstance(s, _autodrop.AutoDropState))
 
 
-# --------------------------------------------------------- T1: the angle
+# ------------------------------------------------------------- the angle
 
 
 def _angle(a, b, eps=1e-8):
@@ -88,7 +90,7 @@ def _angle(a, b, eps=1e-8):
       jnp.vdot(a, b), jnp.vdot(a, a), jnp.vdot(b, b), eps))
 
 
-def test_t1_angle_primitive():
+def test_angle_of_parallel_opposite_orthogonal_and_zero_vectors():
   v = np.array([0.3, -1.2, 2.0])
   assert _angle([1.0, 0.0], [0.0, 1.0]) == pytest.approx(90.0, abs=1e-4)
   assert _angle(v, v) == pytest.approx(0.0, abs=0.1)  # arccos near 1
@@ -97,13 +99,14 @@ def test_t1_angle_primitive():
   assert _angle(np.zeros(3), np.zeros(3), eps=0.0) == pytest.approx(90.0)
 
 
-def test_t1_angle_of_pytrees_equals_flat():
+def test_angle_of_pytrees_equals_angle_of_flat_vectors():
   rng = np.random.default_rng(0)
   a, b = rng.normal(size=7), rng.normal(size=7)
   tree_a = {"x": jnp.asarray(a[:3]), "y": jnp.asarray(a[3:].reshape(2, 2))}
   tree_b = {"x": jnp.asarray(b[:3]), "y": jnp.asarray(b[3:].reshape(2, 2))}
-  dot, sq_a = _autodrop._displacement_dots(tree_a, tree_b, None)
-  _, sq_b = _autodrop._displacement_dots(tree_b, tree_a, None)
+  dot = _common.tree_vdot_f32(tree_a, tree_b)
+  sq_a = _common.tree_vdot_f32(tree_a, tree_a)
+  sq_b = _common.tree_vdot_f32(tree_b, tree_b)
   tree = float(_autodrop.angular_velocity_degrees(dot, sq_a, sq_b, 1e-8))
   assert tree == pytest.approx(_angle(a, b), abs=1e-3)
 
@@ -125,22 +128,22 @@ def test_smoothing_matches_numpy():
   assert float(got) == pytest.approx(expected, rel=1e-6)
 
 
-# ----------------------------------------- T2: scripted trajectory (k = 1)
+# -------------------------------------------- scripted trajectory (k = 1)
 
 
 @pytest.mark.parametrize("variant", [
     {}, {"kernel": "time"}, {"center": "newest"}, {"two_sided": True},
     {"reset_c_after_drop": True},
 ])
-def test_t2_first_drop_at_omega_index_37(variant):
+def test_first_drop_when_the_rising_angle_levels_off(variant):
   tx = autodrop(window_size=1, buffer_size=10, threshold_deg=0.1,
                 drop_factor=0.5, **variant)
-  drops, scales, omegas = _drop_record(tx, T2_POINTS)
+  drops, scales, omegas = _drop_record(tx, PLATEAU_POINTS)
   omega_index = _drop_calls(drops) - 2  # ω-index j is computed at call j+2
-  assert omega_index[0] == 37  # spec: 37 for every variant
+  assert omega_index[0] == 37  # the same for every variant
   assert 30 <= omega_index[0] < 41
   # ω is measured exactly, and nothing drops while it is rising.
-  np.testing.assert_allclose(omegas[2:], T2_OMEGAS, atol=1e-3)
+  np.testing.assert_allclose(omegas[2:], PLATEAU_OMEGAS, atol=1e-3)
   assert np.all(drops[: 2 + 30] == 0)
   assert np.all(np.isfinite(scales))  # std(B) -> 0 on the plateau
 
@@ -148,19 +151,19 @@ def test_t2_first_drop_at_omega_index_37(variant):
 @pytest.mark.parametrize("reset, expected", [
     (False, [37, 47, 57, 67]), (True, [37, 48, 59]),
 ])
-def test_t2_later_drops_and_scale(reset, expected):
+def test_later_drops_one_buffer_apart_and_scale_floor(reset, expected):
   tx = autodrop(window_size=1, buffer_size=10, threshold_deg=0.1,
                 drop_factor=0.5, min_scale=0.1, reset_c_after_drop=reset)
-  drops, scales, _ = _drop_record(tx, T2_POINTS)
+  drops, scales, _ = _drop_record(tx, PLATEAU_POINTS)
   assert list(_drop_calls(drops) - 2) == expected
   np.testing.assert_allclose(
       scales, np.maximum(0.5 ** drops, 0.1), rtol=1e-6)  # λ = max(ρⁿ, min)
 
 
-def test_t2_windowed_k4_same_drops_in_window_units():
+def test_window_means_give_the_same_drops_in_window_units():
   """Each point repeated k = 4 times; the base updates are the true steps."""
   k = 4
-  points = np.repeat(T2_POINTS, k, axis=0)
+  points = np.repeat(PLATEAU_POINTS, k, axis=0)
   steps = np.diff(points, axis=0, append=points[-1:])
 
   def updates_fn(t, state):  # output λ·u equals the scripted displacement
@@ -174,11 +177,16 @@ def test_t2_windowed_k4_same_drops_in_window_units():
   assert list((calls + 1) // k - 3) == [37, 47, 57, 67]
 
 
-# ------------------------------------------------ spec pseudo-code reference
+# ------------------------------------------- NumPy reference (Algorithm 1)
 
 
 def _reference(params_seq, k, m, tau, rho, min_scale, eps=1e-8):
-  """NumPy transcription of the spec's per-step procedure (§1.2)."""
+  """Algorithm 1 step by step in NumPy, with the window means of Def. 3.3.
+
+  The first window mean is the initial params; the first ω needs three
+  window means; the buffer pops its oldest angle after each C and empties at
+  a drop (docs/autodrop.md, "The algorithm").
+  """
   lam, dsum, y_prev, s_prev = 1.0, 0.0, params_seq[0], None
   n_means, buffer, c_prev, has_c = 0, [], 0.0, False
   scales, omegas = [], []
@@ -208,7 +216,7 @@ def _reference(params_seq, k, m, tau, rho, min_scale, eps=1e-8):
   return np.array(scales), np.array(omegas)
 
 
-def test_matches_spec_reference_on_a_real_training_run(x64):
+def test_matches_numpy_reference_on_a_real_training_run(x64):
   """Window means from the updates equal means of the params (k = 3)."""
   del x64
   k, m = 3, 4
@@ -228,7 +236,7 @@ def test_matches_spec_reference_on_a_real_training_run(x64):
     x = optax.apply_updates(x, updates)
     s = _autodrop_state(state)
     scales.append(float(s.lr_scale))
-    if int(s.window_step) == 0 and int(s.n_means) == 2:
+    if int(s.window_step) == 0 and int(s.detector.n_means) == 2:
       omegas.append(float(s.last_omega))
   ref_scales, ref_omegas = _reference(seq, k, m, 0.5, 0.5, 0.1)
   assert int(_autodrop_state(state).n_drops) >= 3
@@ -264,7 +272,7 @@ def test_float64_matches_numpy_float64(x64):
     updates_seq.append(np.asarray(updates))
     s = _autodrop_state(state)
     assert s.lr_scale.dtype == s.last_omega.dtype == jnp.float64
-    if int(s.window_step) == 0 and int(s.n_means) == 2:
+    if int(s.window_step) == 0 and int(s.detector.n_means) == 2:
       omegas.append(float(s.last_omega))
   ref_scales, ref_omegas = _reference(seq, k, m, 0.5, 0.2, 1e-3)
   assert int(_autodrop_state(state).n_drops) >= 3
@@ -283,7 +291,7 @@ def test_float64_matches_numpy_float64(x64):
 
 def test_endpoint_mode_uses_window_end_params():
   k = 4
-  points = np.repeat(T2_POINTS, k, axis=0)
+  points = np.repeat(PLATEAU_POINTS, k, axis=0)
   tx = autodrop(window_size=k, buffer_size=10, drop_factor=0.5,
                 average_window=False)
   drops, _, _ = _drop_record(tx, points)
@@ -292,10 +300,10 @@ def test_endpoint_mode_uses_window_end_params():
   assert state.mean_offset == ()  # 2 params-sized buffers, not 3
 
 
-# ------------------------------------------ T3: saturation level (Thm 3.2)
+# ---------------------------------------- saturation level (Theorem 3.2)
 
 
-def test_t3_settled_angle_matches_theorem():
+def test_settled_angle_on_noisy_quadratic_matches_theorem():
   """d = 20, α = 0.2: predicted 98.94°, simulated 98.81° (std 17°)."""
   tx = optax.chain(optax.sgd(0.2),
                    autodrop(window_size=1, min_scale=1.0))  # never drops
@@ -308,17 +316,17 @@ def test_t3_settled_angle_matches_theorem():
 @pytest.mark.parametrize("alpha, predicted", [
     (0.06, 118.23), (0.03, 103.28), (0.01, 94.33), (0.001, 90.43),
 ])
-def test_t3_settled_angle_d200(alpha, predicted):
+def test_settled_angle_d200_matches_theorem(alpha, predicted):
   tx = optax.chain(optax.sgd(alpha), autodrop(window_size=1, min_scale=1.0))
   _, omegas = _nqm(200, 0, alpha, 0.0, 20_000, tx,
                    record=lambda s: (s[1].last_omega,))
   assert float(jnp.mean(omegas[10_000:])) == pytest.approx(predicted, abs=1.0)
 
 
-# ----------------------------------------- T4: end-to-end noisy quadratic
+# -------------------------------------------- end-to-end noisy quadratic
 
 
-def _t4(seed, k, two_sided=False):
+def _noisy_quadratic_run(seed, k, two_sided=False):
   alpha, alpha_min = 0.06, 0.001
   tx = optax.chain(optax.sgd(alpha),
                    autodrop(window_size=k, drop_factor=0.5,
@@ -337,9 +345,9 @@ def _constant_alpha_final_loss(seed, alpha):
 
 
 @pytest.mark.parametrize("k", [1, 5])
-def test_t4_noisy_quadratic_end_to_end(k):
+def test_noisy_quadratic_reaches_the_floor_loss(k):
   m = 10
-  loss, scale, drops, loss_const, loss_min = _t4(0, k)
+  loss, scale, drops, loss_const, loss_min = _noisy_quadratic_run(0, k)
   first_drop_window = _drop_calls(drops)[0] // k
   assert first_drop_window < 15
   assert scale[-1] == pytest.approx(0.001 / 0.06, rel=1e-5)
@@ -356,18 +364,19 @@ def test_t4_noisy_quadratic_end_to_end(k):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 @pytest.mark.parametrize("two_sided", [False, True])
-def test_t4_more_seeds_and_two_sided(seed, two_sided):
-  loss, scale, _, loss_const, loss_min = _t4(seed, 1, two_sided)
+def test_noisy_quadratic_more_seeds_and_two_sided(seed, two_sided):
+  loss, scale, _, loss_const, loss_min = _noisy_quadratic_run(
+      seed, 1, two_sided)
   assert scale[-1] == pytest.approx(0.001 / 0.06, rel=1e-5)
   final = float(np.mean(loss[-2000:]))
   assert final < 0.05 * loss_const
   assert final < 1.5 * loss_min
 
 
-# ------------------------------------------------ T5: functional properties
+# ---------------------------------------------------- functional properties
 
 
-def test_t5_compiles_once_state_invariant_and_scan_bitwise():
+def test_compiles_once_state_invariant_and_scan_bitwise():
   tx = optax.chain(optax.sgd(0.1, momentum=0.9),
                    autodrop(window_size=3, buffer_size=3, drop_factor=0.5))
   params = {"a": jnp.ones((3, 2)), "b": jnp.arange(4.0)}
@@ -396,15 +405,15 @@ def test_t5_compiles_once_state_invariant_and_scan_bitwise():
   (scan_params, scan_state), _ = jax.jit(
       lambda c: jax.lax.scan(body, c, jnp.arange(60, dtype=jnp.int32)))(
           (params, state))
-  _utils.assert_trees_all_equal(scan_state, loop_state)
-  _utils.assert_trees_all_equal(scan_params, loop_params)
+  chex.assert_trees_all_equal(scan_state, loop_state, strict=True)
+  chex.assert_trees_all_equal(scan_params, loop_params, strict=True)
 
 
 @pytest.mark.parametrize("factory", [
     functools.partial(autodrop, window_size=2),
     functools.partial(autodrop_v1, steps_per_epoch=2),
 ])
-def test_t5_missing_params_raises(factory):
+def test_missing_params_raises(factory):
   tx = factory()
   state = tx.init({"w": jnp.zeros(2)})
   with pytest.raises(ValueError, match="requires `params`"):
@@ -422,17 +431,39 @@ def test_init_does_not_read_params():
     assert tree["w"].dtype == jnp.float32
 
 
+def test_monitored_scalars_are_read_from_the_nested_detector():
+  tx = optax.chain(optax.sgd(0.1), autodrop(window_size=2, buffer_size=2,
+                                            threshold_deg=45.0))
+  params = {"w": jnp.zeros(2)}
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for point in PLATEAU_POINTS[:12]:
+    _, state = update({"w": jnp.ones(2)}, state,
+                      {"w": jnp.asarray(point, jnp.float32)})
+  drop_state = _autodrop_state(state)
+  assert isinstance(drop_state.detector, _autodrop.AutoDropDetector)
+  assert int(drop_state.n_drops) >= 1
+  logged = oa.diagnostics(state)
+  for name in ("lr_scale", "last_omega", "smoothed_omega", "n_drops"):
+    nested = getattr(drop_state.detector, name)
+    assert getattr(drop_state, name) is nested
+    assert optax.tree.get(state, name) is nested
+    chex.assert_trees_all_equal(logged[f"autodrop/{name}"], nested,
+                                strict=True)
+
+
 def test_counters_stay_bounded():
   tx = autodrop(window_size=3, buffer_size=2, drop_factor=0.5)
   state = tx.init({"w": jnp.zeros(2)})
-  state = state._replace(n_drops=jnp.int32(np.iinfo(np.int32).max))
+  state = state._replace(detector=state.detector._replace(
+      n_drops=jnp.int32(np.iinfo(np.int32).max)))
   update = jax.jit(tx.update)
-  for point in np.repeat(T2_POINTS, 3, axis=0)[:120]:
+  for point in np.repeat(PLATEAU_POINTS, 3, axis=0)[:120]:
     _, state = update({"w": jnp.ones(2)}, state,
                       {"w": jnp.asarray(point, jnp.float32)})
     assert 0 <= int(state.window_step) < 3
-    assert 0 <= int(state.n_means) <= 2
-    assert 0 <= int(state.buffer_len) <= 2
+    assert 0 <= int(state.detector.n_means) <= 2
+    assert 0 <= int(state.detector.buffer_len) <= 2
   assert int(state.n_drops) == np.iinfo(np.int32).max  # saturates, no wrap
   assert float(state.lr_scale) < 1.0
 
@@ -444,13 +475,13 @@ def test_inject_hyperparams_matches_plain():
       **kwargs)
   params = {"w": jnp.zeros(2)}
   s_plain, s_inj = plain.init(params), injected.init(params)
-  for t, point in enumerate(T2_POINTS[:50]):
+  for t, point in enumerate(PLATEAU_POINTS[:50]):
     p = {"w": jnp.asarray(point, jnp.float32)}
     u1, s_plain = jax.jit(plain.update)({"w": jnp.ones(2)}, s_plain, p)
     u2, s_inj = jax.jit(injected.update)({"w": jnp.ones(2)}, s_inj, p)
-    _utils.assert_trees_all_close(u2, u1)
+    chex.assert_trees_all_close(u2, u1)
     del t
-  _utils.assert_trees_all_close(s_inj.inner_state, s_plain, rtol=1e-5,
+  chex.assert_trees_all_close(s_inj.inner_state, s_plain, rtol=1e-5,
                                 atol=1e-5)
   assert int(s_plain.n_drops) >= 1
 
@@ -478,7 +509,7 @@ def test_bf16_params_f32_state_bf16_updates():
     assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
     params = optax.apply_updates(params, updates)
   assert jax.tree.map(jax.typeof, state) == types
-  _utils.assert_tree_all_finite(state)
+  chex.assert_tree_all_finite(state)
 
 
 def test_v1_bf16_average_on_drop_keeps_dtypes():
@@ -529,16 +560,16 @@ def test_autodrop_v1_validation_names_parameter(kwargs, name):
     autodrop_v1(**kwargs)
 
 
-# ------------------------------------------------------------ T7: v1 mode
+# --------------------------------------------------------------- v1 mode
 
 
 @pytest.mark.parametrize("steps_per_epoch", [2, 3])
-def test_t7_v1_schedule_on_scripted_trajectory(steps_per_epoch):
-  """E = 3, θ₀ = 0.01, θ̄ = 1, ρ = 0.2; one epoch per T2 point."""
+def test_v1_drop_schedule_on_scripted_trajectory(steps_per_epoch):
+  """E = 3, θ₀ = 0.01, θ̄ = 1, ρ = 0.2; one epoch per point of the path."""
   tx = autodrop_v1(steps_per_epoch=steps_per_epoch, patience_epochs=3,
                    theta0=0.01, theta_max=1.0, drop_factor=0.2,
                    min_scale=1e-3)
-  points = np.repeat(T2_POINTS, steps_per_epoch, axis=0)
+  points = np.repeat(PLATEAU_POINTS, steps_per_epoch, axis=0)
   state = tx.init({"w": jnp.zeros(2)})
   update = jax.jit(tx.update)
   drop_epochs, thetas, scales_used = [], [], []
@@ -572,7 +603,7 @@ def test_v1_float64_theta_and_scale_match_numpy(x64):
   assert state.theta.dtype == state.lr_scale.dtype == jnp.float64
   update = jax.jit(tx.update)
   theta, scale, drops = 0.01, 1.0, 0
-  for point in np.repeat(T2_POINTS, 2, axis=0):
+  for point in np.repeat(PLATEAU_POINTS, 2, axis=0):
     out, state = update({"w": jnp.ones(2)}, state,
                         {"w": jnp.asarray(point)})
     np.testing.assert_allclose(float(out["w"][0]), scale, rtol=1e-15)
@@ -585,7 +616,7 @@ def test_v1_float64_theta_and_scale_match_numpy(x64):
   assert drops >= 5
 
 
-def test_t7_v1_average_on_drop_moves_params_to_weighted_average():
+def test_v1_average_on_drop_moves_params_to_weighted_average():
   E = 3
   tx = autodrop_v1(steps_per_epoch=2, patience_epochs=E, theta0=0.01,
                    drop_factor=0.2, average_on_drop=True)
@@ -593,7 +624,7 @@ def test_t7_v1_average_on_drop_moves_params_to_weighted_average():
   update = jax.jit(tx.update)
   snapshots = []  # (weight j, params after the epoch's 2nd step)
   n_checked = 0
-  for t, point in enumerate(np.repeat(T2_POINTS, 2, axis=0)):
+  for t, point in enumerate(np.repeat(PLATEAU_POINTS, 2, axis=0)):
     params = {"w": jnp.asarray(point, jnp.float32)}
     before = state
     out, state = update({"w": jnp.ones(2)}, state, params)

@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark harness (benchmarks/compare.py and friends).
+"""Smoke test of the benchmark scripts (benchmarks/harness, overhead, studies).
 
 Tiny on purpose: the digits task, one epoch, two optimizers, one seed.
 """
@@ -17,9 +17,10 @@ pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
-from benchmarks import compare, cprop_breakdown, cprop_passes, models, train
-from benchmarks import optimizers as registry
-from benchmarks import tasks as task_registry
+from benchmarks.harness import compare, models, train
+from benchmarks.harness import optimizers as registry
+from benchmarks.harness import tasks as task_registry
+from benchmarks.studies import cprop_breakdown, cprop_passes
 from optax_adaptive import _cprop_stats
 
 
@@ -114,7 +115,7 @@ def test_claims_compare_each_combination_with_its_base_seed_by_seed():
 
 
 def test_lr_free_trace_and_plot(tmp_path):
-  from benchmarks import lr_free_plot
+  from benchmarks.studies import lr_free_plot
 
   tx = registry.get("autodrop-prodigy").make(12, 120)  # window of 2 steps
   params = {"w": jnp.ones(3)}
@@ -177,7 +178,7 @@ def test_conv_matches_nnx_conv():
 
 
 def test_ratio_stats_pairs_rounds():
-  from benchmarks import _timing
+  from benchmarks.overhead import _timing
 
   # The machine slows down in round 2: paired ratios stay 1.5, the medians
   # of the raw times would not know which round to compare.
@@ -191,7 +192,7 @@ def test_ratio_stats_pairs_rounds():
 
 
 def test_paired_ratios_runs_every_closure_and_counts_rounds():
-  from benchmarks import _timing
+  from benchmarks.overhead import _timing
 
   calls = {"a": 0, "b": 0}
 
@@ -207,8 +208,9 @@ def test_paired_ratios_runs_every_closure_and_counts_rounds():
   assert calls["a"] == calls["b"] == 3 + 5  # warm-up and calibration + rounds
 
 
+@pytest.mark.slow  # compiles the CNN train step of every method
 def test_train_step_timer_runs_an_optimizer_that_keeps_the_params():
-  from benchmarks import _timing
+  from benchmarks.overhead import _timing
 
   # prodigy's state holds the initial params; donating both used to fail
   # with "Attempt to donate the same buffer twice".
@@ -376,7 +378,7 @@ ENTRY %main (x: f32[4]) -> f32[4] {
 
 
 def test_gpu_suite_counts_kernels_through_control_flow():
-  from benchmarks import gpu_suite
+  from benchmarks.overhead import gpu_suite
 
   # Entry: fusion, custom-call; loop: compare, add, fusion; the two
   # conditionals and the call: one fusion each. Fused computations count
@@ -391,7 +393,7 @@ def _records(path):
 
 def test_gpu_suite_writes_each_group_at_once_and_keeps_to_its_budget(
     tmp_path, monkeypatch):
-  from benchmarks import gpu_suite
+  from benchmarks.overhead import gpu_suite
 
   def interrupted():
     raise KeyboardInterrupt  # a time limit stops the run here
@@ -406,7 +408,7 @@ def test_gpu_suite_writes_each_group_at_once_and_keeps_to_its_budget(
   with pytest.raises(KeyboardInterrupt):
     gpu_suite.main(["--out", str(out), "--sections", "gpt"])
   records = _records(out)
-  assert records[0]["header"] == "benchmarks.gpu_suite"
+  assert records[0]["header"] == "benchmarks.overhead.gpu_suite"
   assert records[1] == {"row": 1}
   assert records[2]["group"] == "first" and records[2]["wall_s"] >= 0
   assert records[3]["group"] == "too long"
@@ -430,7 +432,7 @@ def _check_suite_rows(records, sections):
 
 
 def _check_model_rows(rows, section, methods):
-  from benchmarks import gpu_suite
+  from benchmarks.overhead import gpu_suite
 
   rows = [r for r in rows if r["section"] == section]
   assert {r["method"] for r in rows} == methods
@@ -447,8 +449,9 @@ def _check_model_rows(rows, section, methods):
   assert targets == {gpu_suite.TRAIN_STEP_TARGET, gpu_suite.PAL_TARGET}
 
 
+@pytest.mark.slow  # a ResNet-18 train step per method on the CPU
 def test_gpu_suite_quick_runs_every_method_on_the_resnet(tmp_path):
-  from benchmarks import gpu_suite
+  from benchmarks.overhead import gpu_suite
 
   out = tmp_path / "suite.jsonl"
   gpu_suite.main(["--quick", "--sections", "resnet18,single_leaf", "--out",
@@ -476,7 +479,7 @@ def test_gpu_suite_quick_runs_every_method_on_the_resnet(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_suite_quick_runs_every_method_on_the_transformer(tmp_path):
-  from benchmarks import gpu_suite
+  from benchmarks.overhead import gpu_suite
 
   out = tmp_path / "suite.jsonl"
   gpu_suite.main(["--quick", "--sections", "gpt", "--out", str(out)])

@@ -27,8 +27,8 @@ import pytest
 import optax_adaptive as oa
 from tests import _checkpoint_worker as W
 from tests import _cnn_tasks as T
+from tests import _registry as R
 from tests import _utils
-from tests import test_conformance as C
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 WORKER_TIMEOUT_S = 540
@@ -125,8 +125,9 @@ def test_resume_in_fresh_process_is_bit_exact_all_methods(tmp_path):
   _check(tmp_path, _available(SLOW_METHODS), "single")
 
 
+@pytest.mark.slow  # a fresh process; the default tier runs one (LABPAL)
 def test_recipes_resume_in_fresh_process_is_bit_exact(tmp_path):
-  """The recipes of docs/choosing.md (issue 19). Their FSDP restore is not
+  """The recipes of docs/choosing.md. Their FSDP restore is not
   checked: the worker's FSDP layout uses Explicit mesh axes, on which
   prodigy cannot update (``T.RECIPE_LIMITS``)."""
   _check(tmp_path, [m.name for m in T.RECIPES], "single")
@@ -174,6 +175,7 @@ def _run_recipe(blocks, roles, directory, out):
     return [f[f"arr_{i}"] for i in range(len(f.files))]
 
 
+@pytest.mark.slow  # a fresh process; the default tier runs one (LABPAL)
 def test_nnx_recipe_of_the_docs_resumes_bit_exactly(tmp_path):
   """docs/checkpointing.md's nnx recipe, as written, in two processes.
 
@@ -211,9 +213,12 @@ def test_linen_train_state_round_trip(tmp_path):
 # ------------------------------------------- every method, any model kind
 
 
-@pytest.mark.parametrize("model", [_utils.mlp_problem, _utils.cnn_problem],
-                         ids=["mlp", "cnn"])
-@pytest.mark.parametrize("case", C.CASES, ids=[c.name for c in C.CASES])
+# The default tier saves each case's state for the MLP (the model that once
+# broke AdaS); the CNN runs with -m slow.
+@pytest.mark.parametrize("model", [
+    _utils.mlp_problem, pytest.param(_utils.cnn_problem, marks=pytest.mark.slow)
+], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("case", R.params(R.CASES))
 def test_every_method_state_is_checkpointable(tmp_path, case, model):
   """orbax saves and restores every public factory's state, any model.
 
@@ -222,7 +227,7 @@ def test_every_method_state_is_checkpointable(tmp_path, case, model):
   """
   params, objective = model()
   tx = case.build()
-  step = jax.jit(C._make_step(case, tx, objective))
+  step = jax.jit(R.make_step(case, tx, objective))
   state = tx.init(params)
   for _ in range(2):
     params, state, _ = step(params, state)

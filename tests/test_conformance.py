@@ -2,12 +2,13 @@
 
 Modelled on the checks optax applies to its contributed optimizers
 (``optax/contrib/_common_test.py``) and on its sharding tests. Every public
-factory is registered in ``CASES`` below with the extra arguments its
-``update`` needs; ``test_every_public_transformation_is_registered`` fails when
-a new public factory is not. A case that cannot meet a check lists the check
-in ``skips`` with the reason, which pytest reports as the skip message.
+factory is registered in ``tests/_registry.py`` (``CASES``) with the extra
+arguments its ``update`` needs; a new public factory that is not fails
+``test_every_public_transformation_is_registered``. A case that cannot meet
+a check lists the check's letter in ``skips`` with the reason, which pytest
+reports as the skip message.
 
-Checks (the letters follow issue 2):
+Checks (the letters name them in test names and ``skips``):
   a. unknown extra keyword arguments are accepted and ignored (line searches:
      rejected with a TypeError naming them, as optax's line searches do);
   b. a jitted update does not recompile on its second call;
@@ -26,11 +27,8 @@ Checks (the letters follow issue 2):
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
-from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,314 +38,8 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-import optax_adaptive as oa
+from tests import _registry as R
 from tests import _utils
-
-# ----------------------------------------------------------------- registry
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-  """One public transformation under test.
-
-  Attributes:
-    name: test id.
-    factory: the public factory of optax_adaptive.
-    kwargs: hyperparameters passed to ``factory``.
-    compose: places the library transformation in context (e.g. after a
-      base optimizer); identity by default.
-    needs: extra ``update`` arguments to supply: any of ``"value"``,
-      ``"grad"``, ``"value_fn"``.
-    multi_device_kwargs: hyperparameters added under pmap (e.g. axis_name).
-    multi_device_overrides: hyperparameters of both runs of (l) and (m),
-      the reference and the multi-device one.
-    multi_device_tol: (rtol, atol) of (l) and (m), which compare a mean of
-      per-device losses/gradients with the global-batch one: equal up to
-      float32 reduction order, which methods that divide by small loss
-      differences amplify.
-    static_args: names passed to ``inject_hyperparams`` as static: only
-      those that fix the state's structure, i.e. the counts that set an
-      array shape (``SHAPE_ARGS``) and the documented switches where a
-      Python 0 means "no buffer" (``STRUCTURE_ARGS``). Every other
-      numeric hyperparameter, defaults included, is injected by (e).
-    converge_kwargs: hyperparameters used instead of ``kwargs`` for (d).
-    converge_steps: scan length for (d).
-    skips: check letter -> reason the case cannot meet it.
-    extra: builds the extra ``update`` arguments from
-      ``(objective, value, grad, batch)`` where ``needs`` is not enough.
-    line_search: extra keyword arguments are data for ``value_fn``, and one
-      that it does not take is an error (checked instead of (a)).
-  """
-
-  name: str
-  factory: Callable[..., optax.GradientTransformationExtraArgs]
-  kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-  compose: Callable[[Any], Any] = lambda tx: tx
-  needs: frozenset[str] = frozenset()
-  multi_device_kwargs: dict[str, Any] = dataclasses.field(
-      default_factory=dict)
-  multi_device_overrides: dict[str, Any] = dataclasses.field(
-      default_factory=dict)
-  multi_device_tol: tuple[float, float] = (2e-5, 2e-6)
-  static_args: tuple[str, ...] = ()
-  converge_kwargs: dict[str, Any] | None = None
-  converge_steps: int = 10_000
-  skips: dict[str, str] = dataclasses.field(default_factory=dict)
-  extra: Callable[..., dict[str, Any]] | None = None
-  line_search: bool = False
-
-  def build(self, **overrides):
-    return self.compose(self.factory(**{**self.kwargs, **overrides}))
-
-  def __repr__(self):
-    return self.name
-
-
-def _bind_inner(factory, inner):
-  """``factory`` with ``inner`` bound, keeping a signature inject can read."""
-  bound = functools.partial(factory, inner)
-  bound.__signature__ = inspect.signature(bound)
-  return bound
-
-
-CASES = [
-    Case(
-        "cprop_sgd_wrapper",
-        _bind_inner(oa.cprop, optax.sgd(3e-3, momentum=0.9)),
-        dict(beta=0.999, c=1.0),
-    ),
-    Case(
-        "cprop_adam_wrapper",
-        _bind_inner(oa.cprop, optax.adam(0.01)),
-        dict(beta=0.99, cdf="normal"),
-    ),
-    Case(
-        "cprop_sgd",
-        oa.cprop_sgd,
-        dict(learning_rate=2e-3, momentum=0.9, c=3.0),
-    ),
-    Case(
-        "cprop_adam_shared",
-        oa.cprop_adam,
-        dict(learning_rate=0.01),
-    ),
-    Case(
-        "cprop_adam_separate",
-        oa.cprop_adam,
-        dict(learning_rate=0.01, b2=0.99, beta=0.999, weight_decay=1e-4),
-    ),
-]
-
-_LABPAL_BATCHES = 10
-
-
-def _labpal_extra(objective, value, grad, batch):
-  """LABPAL's arguments: ``batch`` repeated as the stacked approx batches.
-
-  Objectives without data get a dummy per-batch index so that
-  ``approx_batch`` still has its leading axis of mini-batches.
-  """
-  del value
-  if batch:
-    approx = {k: jnp.stack([v] * _LABPAL_BATCHES) for k, v in batch.items()}
-    return dict(grad=grad, value_fn=objective, approx_batch=approx)
-  return dict(
-      grad=grad, value_fn=lambda params, index: objective(params),
-      approx_batch={"index": jnp.arange(_LABPAL_BATCHES)})
-
-
-# Why the parabola cases use fd_step=1e-2, measuring_step=0.1 and the exact
-# fit: at the defaults (h=1.77e-4) the float32 finite differences of a loss
-# of ~125 are below its rounding, every fit fails and LABPAL retries without
-# moving; the reference fit's step 2s*-h times alpha=1.8 overshoots a
-# noise-free quadratic (it is tuned for mini-batch noise).
-_LABPAL_ROSENBROCK = (
-    "LABPAL reuses one learning rate for reuse_steps steps without"
-    " backtracking; a rate measured in one part of Rosenbrock's curved"
-    " valley diverges in the next")
-# momentum is static: a Python 0 means "no momentum buffer" in the state.
-_LABPAL_STATIC = ("avg_window", "momentum")
-_AUTODROP_STATIC = ("buffer_size",)
-_PAL_NEEDS = frozenset({"value", "grad", "value_fn"})
-# (l) and (m) compare per-device means of the loss with the global-batch
-# mean; they differ by reduction-order rounding, δL ≈ 4u·L ≈ 1e-6 on the
-# regression problem (u = 2^-24). PAL's step then moves by about
-# 2δL / (a μ²) ≈ 3e-5 per step (a μ² ≈ 0.075), ~1.4e-4 over 5 steps; LABPAL's
-# finite-difference fit by about 2δL / (h μ A), 100 times more at its
-# battery settings (h = 1e-2, μ = 0.1), hence larger steps there. A missing
-# pmean changes the steps by tens of percent, far outside these tolerances.
-_PAL_TOL = (5e-4, 2e-6)
-_LABPAL_MULTI_DEVICE = dict(fd_step=0.1, measuring_step=1.0)
-_LABPAL_TOL = (1e-3, 2e-6)
-_NOT_NESTABLE = (
-    "line searches are outermost transformations and evaluate value_fn on"
-    " the full parameters; MultiSteps calls them on partial accumulators"
-    " (optax-conventions.md §0.7)")
-
-CASES += [
-    Case(
-        "autodrop_after_sgd",
-        oa.autodrop,
-        dict(window_size=8, buffer_size=4),
-        compose=lambda tx: optax.chain(optax.sgd(3e-3, momentum=0.9), tx),
-        static_args=_AUTODROP_STATIC,
-    ),
-    Case(
-        "autodrop_after_adam",
-        oa.autodrop,
-        dict(window_size=16, drop_factor=0.5, min_scale=0.01),
-        compose=lambda tx: optax.chain(optax.adam(0.01), tx),
-        static_args=_AUTODROP_STATIC,
-        # Adam's straight-line path to a parabola's minimum has a constant
-        # angular velocity, which AutoDrop reads as saturation: halving the
-        # rate every window stalls it; the default factor 0.95 converges.
-        converge_kwargs=dict(window_size=16, drop_factor=0.95,
-                             min_scale=0.0),
-    ),
-    Case(
-        "autodrop_v1_after_sgd",
-        oa.autodrop_v1,
-        dict(steps_per_epoch=10, patience_epochs=2),
-        compose=lambda tx: optax.chain(optax.sgd(3e-3, momentum=0.9), tx),
-        converge_kwargs=dict(steps_per_epoch=100, patience_epochs=2),
-    ),
-    Case(
-        "pal",
-        oa.pal,
-        dict(),
-        needs=_PAL_NEEDS,
-        multi_device_kwargs=dict(axis_name="batch"),
-        multi_device_tol=_PAL_TOL,
-        skips=dict(g=_NOT_NESTABLE),
-        line_search=True,
-    ),
-    Case(
-        "scale_by_pal",
-        oa.scale_by_pal,
-        dict(max_step=1.0),
-        compose=lambda tx: optax.chain(optax.scale(-1.0), tx),
-        needs=_PAL_NEEDS,
-        multi_device_kwargs=dict(axis_name="batch"),
-        multi_device_tol=_PAL_TOL,
-        skips=dict(g=_NOT_NESTABLE),
-        line_search=True,
-    ),
-    Case(
-        "labpal",
-        oa.labpal,
-        dict(mode="sgd", fit="exact", fd_step=1e-2, measuring_step=0.1,
-             reuse_steps=20, untrusted_updates=40),
-        multi_device_kwargs=dict(axis_name="batch"),
-        multi_device_overrides=_LABPAL_MULTI_DEVICE,
-        multi_device_tol=_LABPAL_TOL,
-        static_args=_LABPAL_STATIC,
-        extra=_labpal_extra,
-        skips={"g": _NOT_NESTABLE, "d-rosenbrock": _LABPAL_ROSENBROCK},
-        line_search=True,
-    ),
-    Case(
-        "scale_by_labpal",
-        oa.scale_by_labpal,
-        dict(reuse_steps=20, untrusted_updates=40, fd_step=1e-2,
-             measuring_step=0.1),
-        static_args=_LABPAL_STATIC,
-        multi_device_kwargs=dict(axis_name="batch"),
-        multi_device_overrides=_LABPAL_MULTI_DEVICE,
-        multi_device_tol=_LABPAL_TOL,
-        extra=_labpal_extra,
-        converge_kwargs=dict(mode="sgd", fit="exact", fd_step=1e-2,
-                             measuring_step=0.1),
-        skips={"g": _NOT_NESTABLE, "d-rosenbrock": _LABPAL_ROSENBROCK},
-        line_search=True,
-    ),
-]
-
-# The rates go through an SVD and EVBMF's noise-variance search; a rounding
-# difference in the weights moves a knowledge gain by ~1e-5 relative (seen:
-# 5.5e-5 in one param entry after 5 steps on a 16-core Xeon).
-_ADAS_MULTI_DEVICE_TOL = (2e-4, 2e-6)
-
-CASES += [
-    Case(
-        "adas_explicit_epochs",
-        oa.adas,
-        dict(learning_rate=0.01, weight_decay=0.0),
-        multi_device_tol=_ADAS_MULTI_DEVICE_TOL,
-        converge_kwargs=dict(learning_rate=2e-3),
-    ),
-    Case(
-        "adas_steps_per_epoch",
-        oa.adas,
-        dict(learning_rate=0.01, steps_per_epoch=5),
-        multi_device_tol=_ADAS_MULTI_DEVICE_TOL,
-        converge_kwargs=dict(learning_rate=2e-3, weight_decay=0.0),
-    ),
-]
-
-# Integer hyperparameters that set an array shape in the state, per factory:
-# they must be Python ints, so optax.inject_hyperparams needs them static.
-SHAPE_ARGS = {
-    "autodrop": ("buffer_size",),
-    "labpal": ("avg_window",),
-    "scale_by_labpal": ("avg_window",),
-}
-# Documented switches where a Python 0 means "no buffer" in the state.
-STRUCTURE_ARGS = {
-    "labpal": ("momentum",),
-    "scale_by_labpal": ("momentum",),
-}
-
-# ------------------------------------ recipes on learning-rate-free optimizers
-# Issue 19: the combinations docs/choosing.md recommends go through the same
-# battery as the public transformations, each twice: with the inner
-# optimizer as the factory, so that (e) injects the inner optimizer's
-# hyperparameters and (i) gives it a schedule, and with our transformation
-# as the factory.
-_RECIPE_AUTODROP = dict(window_size=4, buffer_size=3)
-# On a noise-free objective the path is straight, AutoDrop keeps dropping
-# (docs/autodrop.md, "Failure modes") and needs a floor to converge.
-_RECIPE_CONVERGE = dict(window_size=50, min_scale=0.1)
-# Limits of optax.contrib.prodigy itself (prodigy alone fails them too):
-_PRODIGY_SKIPS = {
-    # Its init reads the params' dtype through jnp.asarray, which a
-    # ShapeDtypeStruct is not; jax.eval_shape(tx.init, ...) works
-    # (test_recipe_init_under_eval_shape).
-    "j": "optax.contrib.prodigy's init fails on ShapeDtypeStruct params",
-    # Its numerator is an optax.tree.vdot without out_sharding, which
-    # explicit sharding rejects (ShardingTypeError); Auto axes work.
-    "m-explicit": "optax.contrib.prodigy's tree.vdot fails under explicit"
-                  " sharding",
-}
-
-RECIPE_CASES = [
-    Case(
-        "autodrop_prodigy_inner",
-        optax.contrib.prodigy,
-        # d0 = 1e-6 (the default) moves nothing in the few steps of (g) in
-        # bfloat16 and of (i) at learning_rate=1e-3; the other case keeps it.
-        dict(learning_rate=1.0, estim_lr0=0.1),
-        compose=lambda tx: optax.chain(tx, oa.autodrop(**_RECIPE_CONVERGE)),
-        skips=_PRODIGY_SKIPS,
-    ),
-    Case(
-        "autodrop_prodigy",
-        oa.autodrop,
-        _RECIPE_AUTODROP,
-        compose=lambda tx: optax.chain(optax.contrib.prodigy(), tx),
-        static_args=_AUTODROP_STATIC,
-        converge_kwargs=_RECIPE_CONVERGE,
-        skips={**_PRODIGY_SKIPS,
-               "g": "prodigy's first steps at d0 = 1e-6 do not move bfloat16"
-                    " params; autodrop_prodigy_inner runs (g) with d0 = 0.1"},
-    ),
-]
-CASES += RECIPE_CASES
-
-# Public names that are not transformations (states, pure functions, helpers).
-NOT_TRANSFORMATIONS = frozenset({
-    "__version__", "diagnostics", "linen_value_fn", "nnx_value_fn",
-    "adas_early_stop", "adas_early_stop_init", "adas_end_epoch",
-    "adas_layer_groups", "adas_layer_names", "evbmf", "knowledge_gain"})
 
 # --------------------------------------------------------------- fixtures
 
@@ -395,35 +87,6 @@ TARGETS = {
 }
 
 
-def _extra_kwargs(case, objective, params, value, grad, **batch):
-  """The extra ``update`` arguments a case needs, for ``objective``."""
-  if case.extra is not None:
-    return case.extra(objective, value, grad, batch)
-  kwargs = {}
-  if "value" in case.needs:
-    kwargs["value"] = value
-  if "grad" in case.needs:
-    kwargs["grad"] = grad
-  if "value_fn" in case.needs:
-    kwargs["value_fn"] = objective
-    kwargs.update(batch)
-  del params
-  return kwargs
-
-
-def _make_step(case, tx, objective, extra=None):
-  """A train step ``(params, state) -> (params, state, updates)``."""
-
-  def step(params, state):
-    value, grad = jax.value_and_grad(objective)(params)
-    kwargs = _extra_kwargs(case, objective, params, value, grad)
-    kwargs.update(extra or {})
-    updates, state = tx.update(grad, state, params, **kwargs)
-    return optax.apply_updates(params, updates), state, updates
-
-  return step
-
-
 def _skip_if(case, check):
   if check in case.skips:
     pytest.skip(f"{case.name} cannot meet check ({check}): "
@@ -457,19 +120,20 @@ def _library_states(tree):
   return found
 
 
-ids = [c.name for c in CASES]
-parametrize_cases = pytest.mark.parametrize("case", CASES, ids=ids)
+parametrize_cases = pytest.mark.parametrize("case", R.params(R.CASES))
+
+
+def parametrize_cases_and(name, values, fast):
+  """Cases x ``values``; the default tier runs the ``fast`` values."""
+  return pytest.mark.parametrize(
+      ("case", name), R.params(R.CASES, values, fast_values=fast))
 
 # ------------------------------------------------------------------ checks
 
 
 def test_every_public_transformation_is_registered():
-  registered = {
-      getattr(c.factory, "func", c.factory).__name__ for c in CASES}
-  public = {
-      name for name in oa.__all__
-      if name not in NOT_TRANSFORMATIONS and not name[0].isupper()}
-  assert public <= registered, f"unregistered: {sorted(public - registered)}"
+  missing = R.missing_factories(R.factory_name(c) for c in R.CASES)
+  assert not missing, f"unregistered in tests/_registry.py: {missing}"
 
 
 @parametrize_cases
@@ -480,10 +144,10 @@ def test_a_b_extra_args_ignored_and_no_recompile(case):
   unexpected = {"unexpected_extra_args_your_optimizer_doesnt_expect": 1}
   if case.line_search:
     with pytest.raises(TypeError, match="unexpected_extra_args"):
-      _make_step(case, tx, objective, extra=unexpected)(
+      R.make_step(case, tx, objective, extra=unexpected)(
           params, tx.init(params))
     unexpected = {}
-  step = jax.jit(_make_step(case, tx, objective, extra=unexpected))
+  step = jax.jit(R.make_step(case, tx, objective, extra=unexpected))
   state = tx.init(params)
   for _ in range(2):
     params, state, _ = step(params, state)
@@ -513,14 +177,13 @@ def test_c_map_params(case):
       assert before.shape in param_shapes, f"mapped a {before.shape} leaf"
 
 
-@parametrize_cases
-@pytest.mark.parametrize("target", list(TARGETS))
+@parametrize_cases_and("target", list(TARGETS), fast=("mixed",))
 def test_d_minimises(case, target):
   _skip_if(case, "d")
   _skip_if(case, f"d-{target}")
   tx = case.build(**(case.converge_kwargs or {}))
   params, final, objective = TARGETS[target](jnp.float32)
-  step = _make_step(case, tx, objective)
+  step = R.make_step(case, tx, objective)
 
   def body(carry, _):
     params, state = carry
@@ -533,17 +196,13 @@ def test_d_minimises(case, target):
   _utils.assert_trees_all_close(params, final, rtol=3e-2, atol=3e-2)
 
 
-def _factory_name(case):
-  return getattr(case.factory, "func", case.factory).__name__
-
-
 @parametrize_cases
 def test_e_static_args_are_only_the_structural_ones(case):
   """(e) injects every hyperparameter but those that fix the structure."""
-  name = _factory_name(case)
-  allowed = SHAPE_ARGS.get(name, ()) + STRUCTURE_ARGS.get(name, ())
+  name = R.factory_name(case)
+  allowed = R.SHAPE_ARGS.get(name, ()) + R.STRUCTURE_ARGS.get(name, ())
   assert set(case.static_args) <= set(allowed)
-  assert set(SHAPE_ARGS.get(name, ())) <= set(case.static_args)
+  assert set(R.SHAPE_ARGS.get(name, ())) <= set(case.static_args)
 
 
 @parametrize_cases
@@ -561,8 +220,8 @@ def test_e_inject_hyperparams(case):
   tx_inject = case.compose(injectable(**case.kwargs))
   params = [-jnp.ones((2, 3)), jnp.ones((2, 5, 2))]
   objective = lambda p: sum(jnp.sum(jnp.sin(x) * x) for x in p)
-  step = jax.jit(_make_step(case, tx, objective))
-  step_inject = jax.jit(_make_step(case, tx_inject, objective))
+  step = jax.jit(R.make_step(case, tx, objective))
+  step_inject = jax.jit(R.make_step(case, tx_inject, objective))
   state, state_inject = tx.init(params), tx_inject.init(params)
   structure = lambda s: jax.tree.structure(_strip_inject(s))
   assert structure(state_inject) == structure(state), "after init"
@@ -579,8 +238,8 @@ def test_e_inject_hyperparams(case):
         err_msg=f"state, step {i}")
 
 
-_SHAPE_CASES = [(c, arg) for c in CASES
-                for arg in SHAPE_ARGS.get(_factory_name(c), ())]
+_SHAPE_CASES = [(c, arg) for c in R.CASES
+                for arg in R.SHAPE_ARGS.get(R.factory_name(c), ())]
 
 
 @pytest.mark.parametrize(
@@ -602,14 +261,13 @@ def test_e_injecting_a_shape_arg_names_the_fix(case, arg):
   assert f'static_args=("{arg}",)' in message
 
 
-@parametrize_cases
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@parametrize_cases_and("dtype", ["bfloat16", "float32"], fast=("bfloat16",))
 def test_f_preserves_dtype(case, dtype):
   _skip_if(case, "f")
   tx = case.build()
   params = jnp.array([1.0, 2.0], dtype)
   objective = lambda x: jnp.sum(x ** 2)
-  step = jax.jit(_make_step(case, tx, objective))
+  step = jax.jit(R.make_step(case, tx, objective))
   state = jax.jit(tx.init)(params)
   for _ in range(2):
     params, state, updates = step(params, state)
@@ -618,15 +276,14 @@ def test_f_preserves_dtype(case, dtype):
   _utils.assert_tree_all_finite(updates)
 
 
-@parametrize_cases
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@parametrize_cases_and("dtype", ["bfloat16", "float32"], fast=("bfloat16",))
 def test_g_multisteps(case, dtype):
   _skip_if(case, "g")
   tx = case.build()
   accumulated = optax.MultiSteps(tx, every_k_schedule=4)
   params = jnp.array([1.0, 2.0], dtype)
   objective = lambda x: jnp.sum(x ** 2)
-  step = jax.jit(_make_step(case, accumulated, objective))
+  step = jax.jit(R.make_step(case, accumulated, objective))
   state = jax.jit(accumulated.init)(params)
   params1, state, updates = step(params, state)
   _utils.assert_trees_all_equal(updates, jnp.zeros_like(params))
@@ -637,9 +294,8 @@ def test_g_multisteps(case, dtype):
   _utils.assert_tree_all_finite(params1)
 
 
-@parametrize_cases
-@pytest.mark.parametrize(
-    "dtype", ["float16", "bfloat16", "float32", "float64"])
+@parametrize_cases_and("dtype", ["float16", "bfloat16", "float32", "float64"],
+                       fast=("bfloat16",))
 def test_h_state_stable_under_cond(case, dtype):
   _skip_if(case, "h")
   with jax.enable_x64(dtype == "float64"):
@@ -653,7 +309,7 @@ def test_h_state_stable_under_cond(case, dtype):
       # A value of a deliberately different dtype, as optax's test does.
       value = value.astype(
           jnp.float16 if dtype != jnp.float16 else jnp.bfloat16)
-      kwargs = _extra_kwargs(case, objective, params, value, grad)
+      kwargs = R.extra_kwargs(case, objective, params, value, grad)
       cond = jax.random.randint(jax.random.key(0), (), 0, 2) == 0
       updates, state = jax.lax.cond(
           cond, lambda: tx.update(grad, state, params, **kwargs),
@@ -681,7 +337,7 @@ def test_i_accepts_learning_rate_schedule(case):
   params, _, objective = _parabola(jnp.float32)
   results = []
   for tx in (tx_schedule, tx_constant):
-    step = jax.jit(_make_step(case, tx, objective))
+    step = jax.jit(R.make_step(case, tx, objective))
     p, state = params, tx.init(params)
     for _ in range(10):
       p, state, _ = step(p, state)
@@ -716,7 +372,7 @@ def test_k_jit_matches_eager(case):
             "b": jnp.array([[1.0, -2.0], [0.3, 0.7]])}
   objective = lambda p: jnp.sum(jnp.cos(p["a"]) * p["a"] ** 2) + jnp.sum(
       p["b"] ** 4)
-  step = _make_step(case, tx, objective)
+  step = R.make_step(case, tx, objective)
   jitted = jax.jit(step)
   p_eager, s_eager = params, tx.init(params)
   p_jit, s_jit = params, jax.jit(tx.init)(params)
@@ -751,11 +407,24 @@ def _needs_devices():
     pytest.skip(f"needs {_N_DEVICES} devices, found {jax.device_count()}")
 
 
+_STEPS = 5
+
+
+@functools.cache
+def _reference_run(name):
+  """Params and state after ``_STEPS`` single-device steps, shared by (l)
+  and both axis types of (m)."""
+  case = next(c for c in R.CASES if c.name == name)
+  params, x, y, loss = _regression_problem()
+  tx = case.build(**case.multi_device_overrides)
+  return _single_device_run(case, tx, params, x, y, loss, _STEPS)
+
+
 def _single_device_run(case, tx, params, x, y, loss, steps):
   @jax.jit
   def step(params, state):
     value, grad = jax.value_and_grad(loss)(params, x, y)
-    kwargs = _extra_kwargs(case, lambda p, x, y: loss(p, x, y), params,
+    kwargs = R.extra_kwargs(case, lambda p, x, y: loss(p, x, y), params,
                            value, grad, x=x, y=y)
     updates, state = tx.update(grad, state, params, **kwargs)
     return optax.apply_updates(params, updates), state
@@ -766,23 +435,23 @@ def _single_device_run(case, tx, params, x, y, loss, steps):
   return params, state
 
 
-@parametrize_cases
+# Under pmap a transformation sees only its device's replica: the default
+# tier runs (l) for the cases that communicate across devices themselves
+# (axis_name); for the others each replica computes the same thing.
+@pytest.mark.parametrize("case", R.params(
+    R.CASES, slow_if=lambda case: not case.multi_device_kwargs))
 def test_l_pmap_matches_single_device(case):
   _skip_if(case, "l")
   _needs_devices()
   params, x, y, loss = _regression_problem()
-  steps = 5
-  overrides = case.multi_device_overrides
-  expected, _ = _single_device_run(case, case.build(**overrides), params, x,
-                                   y, loss, steps)
-
-  tx = case.build(**overrides, **case.multi_device_kwargs)
+  expected, _ = _reference_run(case.name)
+  tx = case.build(**case.multi_device_overrides, **case.multi_device_kwargs)
 
   def step(params, state, x, y):
     value, grad = jax.value_and_grad(loss)(params, x, y)
     grad = jax.lax.pmean(grad, "batch")
     value = jax.lax.pmean(value, "batch")
-    kwargs = _extra_kwargs(case, lambda p, x, y: loss(p, x, y), params,
+    kwargs = R.extra_kwargs(case, lambda p, x, y: loss(p, x, y), params,
                            value, grad, x=x, y=y)
     updates, state = tx.update(grad, state, params, **kwargs)
     return optax.apply_updates(params, updates), state
@@ -794,7 +463,7 @@ def test_l_pmap_matches_single_device(case):
   rep_state = replicate(tx.init(params))
   xs = x.reshape(_N_DEVICES, -1, *x.shape[1:])
   ys = y.reshape(_N_DEVICES, -1, *y.shape[1:])
-  for _ in range(steps):
+  for _ in range(_STEPS):
     rep_params, rep_state = p_step(rep_params, rep_state, xs, ys)
   rtol, atol = case.multi_device_tol
   for device in range(_N_DEVICES):
@@ -808,17 +477,14 @@ def _param_shardings(mesh):
           "b": NamedSharding(mesh, P("x"))}
 
 
-@parametrize_cases
-@pytest.mark.parametrize("axis_type", ["explicit", "auto"])
+@parametrize_cases_and("axis_type", ["explicit", "auto"], fast=("explicit",))
 def test_m_sharded_jit_matches_and_keeps_sharding(case, axis_type):
   _skip_if(case, "m")
   _skip_if(case, f"m-{axis_type}")
   _needs_devices()
   params, x, y, loss = _regression_problem()
-  steps = 5
   tx = case.build(**case.multi_device_overrides)
-  expected, expected_state = _single_device_run(case, tx, params, x, y,
-                                                loss, steps)
+  expected, expected_state = _reference_run(case.name)
 
   kind = {"explicit": jax.sharding.AxisType.Explicit,
           "auto": jax.sharding.AxisType.Auto}[axis_type]
@@ -832,12 +498,12 @@ def test_m_sharded_jit_matches_and_keeps_sharding(case, axis_type):
     @jax.jit
     def step(params, state):
       value, grad = jax.value_and_grad(loss)(params, x, y)
-      kwargs = _extra_kwargs(case, lambda p, x, y: loss(p, x, y), params,
+      kwargs = R.extra_kwargs(case, lambda p, x, y: loss(p, x, y), params,
                              value, grad, x=x, y=y)
       updates, state = tx.update(grad, state, params, **kwargs)
       return optax.apply_updates(params, updates), state
 
-    for _ in range(steps):
+    for _ in range(_STEPS):
       sharded, state = step(sharded, state)
     assert jax.tree.map(jax.typeof, state) == types0
     for name, sharding in shardings.items():
@@ -864,13 +530,13 @@ def test_library_state_is_named(case):
     assert hasattr(state, "_fields")
 
 
-@pytest.mark.parametrize("case", RECIPE_CASES, ids=repr)
+@pytest.mark.parametrize("case", R.RECIPE_CASES, ids=repr)
 def test_recipe_vmap_matches_one_by_one(case):
   """``vmap`` over independent runs (params, state) equals each run alone."""
   tx = case.build()
   objective = lambda p: jnp.sum(jnp.cos(p["a"]) * p["a"] ** 2) + jnp.sum(
       p["b"] ** 4)
-  step = _make_step(case, tx, objective)
+  step = R.make_step(case, tx, objective)
   runs = [{"a": jnp.array([0.5, -1.5, 2.0]) * (k + 1),
            "b": jnp.array([[1.0, -2.0], [0.3, 0.7]]) / (k + 1)}
           for k in range(3)]
@@ -887,7 +553,7 @@ def test_recipe_vmap_matches_one_by_one(case):
       (params, state), stack(singles), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("case", RECIPE_CASES, ids=repr)
+@pytest.mark.parametrize("case", R.RECIPE_CASES, ids=repr)
 def test_recipe_init_under_eval_shape(case):
   """(j) as far as prodigy allows: abstract init through ``eval_shape``."""
   tx = case.build()

@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 # ==============================================================================
-"""Degenerate input for every public transformation (issue 9).
+"""Degenerate input for every public transformation.
 
 All-zero gradients and parameters, empty pytrees, ``None`` leaves,
 ``optax.masked`` holes, leaves with a zero-sized axis, 1x1 / depthwise /
@@ -28,6 +28,8 @@ message says to keep such leaves out of the params instead.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,10 +37,11 @@ import optax
 import pytest
 
 import optax_adaptive as oa
+from tests import _registry as R
 from tests import _utils
-from tests.test_conformance import CASES
+from tests._registry import CASES
 
-_IDS = [case.name for case in CASES]
+_IDS = R.ids(CASES)
 # optax.contrib.prodigy itself returns NaN for all-zero gradients and for an
 # empty tree (0/0 in its step-size estimate); recipes built on it inherit it.
 _PRODIGY_RECIPES = {"autodrop_prodigy", "autodrop_prodigy_inner"}
@@ -48,7 +51,6 @@ def _skip_prodigy_recipes(case):
   if case.name in _PRODIGY_RECIPES:
     pytest.skip("optax.contrib.prodigy gives NaN for zero gradients and"
                 " empty trees (upstream); the recipe inherits it")
-_LINE_SEARCHES = {"pal", "scale_by_pal", "labpal", "scale_by_labpal"}
 
 
 def _loss(params):
@@ -56,14 +58,6 @@ def _loss(params):
   leaves = jax.tree.leaves(params)
   return sum((jnp.sum(jnp.square(x.astype(jnp.float32) - 1.0))
               for x in leaves), jnp.zeros((), jnp.float32))
-
-
-def _extra(case, objective, value, grad):
-  """The extra ``update`` arguments a case needs (as the conformance file)."""
-  if case.extra is not None:
-    return case.extra(objective, value, grad, {})
-  names = {"value": value, "grad": grad, "value_fn": objective}
-  return {k: v for k, v in names.items() if k in case.needs}
 
 
 def _run(case, params, grads=None, steps=2, tx=None, jit=True):
@@ -74,7 +68,7 @@ def _run(case, params, grads=None, steps=2, tx=None, jit=True):
   def step(params, state):
     value = _loss(params)
     grad = (jax.grad(_loss)(params) if grads is None else grads)
-    kwargs = _extra(case, _loss, value, grad)
+    kwargs = R.extra_kwargs(case, _loss, params, value, grad)
     updates, state = tx.update(grad, state, params, **kwargs)
     return updates, state, optax.apply_updates(params, updates)
 
@@ -82,6 +76,14 @@ def _run(case, params, grads=None, steps=2, tx=None, jit=True):
   for _ in range(steps):
     updates, state, params = step(params, state)
   return updates, state, params
+
+
+def _adas_end_of_epoch(case, state, params):
+  """AdaS's state after an update with zero gradients that ends an epoch."""
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  tx = case.build(steps_per_epoch=None)  # epochs end where flagged
+  update = functools.partial(tx.update, end_of_epoch=True)
+  return jax.jit(update)(zeros, state, params)[1]
 
 
 def _assert_finite(tree):
@@ -98,7 +100,7 @@ def _zero_params():
 # --------------------------------------------------------- zero gradients
 
 
-@pytest.mark.parametrize("case", CASES, ids=_IDS)
+@pytest.mark.parametrize("case", R.params(CASES))
 def test_zero_gradients_and_zero_params(case):
   """All-zero gradients on all-zero params: finite, and no movement."""
   _skip_prodigy_recipes(case)
@@ -109,7 +111,7 @@ def test_zero_gradients_and_zero_params(case):
   _utils.assert_trees_all_equal(updates, grads)  # exactly zero
   _utils.assert_trees_all_equal(new_params, params)
   if case.name.startswith("adas"):  # epoch end on zero kernels
-    state = jax.jit(oa.adas_end_epoch)(state, params)
+    state = _adas_end_of_epoch(case, state, params)
     _assert_finite(state)
     assert np.all(np.asarray(state.layer_lr) > 0)
     assert np.all(np.asarray(state.gain) == 0.0)  # a zero kernel: rank 0
@@ -119,7 +121,7 @@ def test_zero_gradients_and_zero_params(case):
 # ------------------------------------------------------------ empty trees
 
 
-@pytest.mark.parametrize("case", CASES, ids=_IDS)
+@pytest.mark.parametrize("case", R.params(CASES))
 @pytest.mark.parametrize("empty", [(), {"a": {}, "b": ()}],
                          ids=["tuple", "nested"])
 def test_empty_pytrees(case, empty):
@@ -130,7 +132,7 @@ def test_empty_pytrees(case, empty):
   _assert_finite(state)
 
 
-@pytest.mark.parametrize("case", CASES, ids=_IDS)
+@pytest.mark.parametrize("case", R.params(CASES))
 def test_zero_sized_leaves(case):
   """Leaves with a zero-sized axis next to ordinary ones."""
   params = {"empty": jnp.zeros((0, 4)), "conv": {"kernel": jnp.ones(
@@ -141,13 +143,13 @@ def test_zero_sized_leaves(case):
   assert updates["conv"]["kernel"].shape == (3, 3, 0, 4)
   assert float(_loss(new_params)) < float(_loss(params))
   if case.name.startswith("adas"):
-    _assert_finite(oa.adas_end_epoch(state, new_params))
+    _assert_finite(_adas_end_of_epoch(case, state, new_params))
 
 
 # -------------------------------------------------------- None and holes
 
 
-@pytest.mark.parametrize("case", CASES, ids=_IDS)
+@pytest.mark.parametrize("case", R.params(CASES))
 def test_none_leaves(case):
   """None in params and grads is an empty subtree, kept as None."""
   params = {"w": jnp.array([3.0, -1.0]), "frozen": None,
@@ -167,12 +169,12 @@ def _masked_params():
           "layer": {"kernel": jnp.ones((2, 2)) * 2, "bias": jnp.ones(2)}}
 
 
-@pytest.mark.parametrize("case", CASES, ids=_IDS)
+@pytest.mark.parametrize("case", R.params(CASES))
 def test_masked_holes(case):
   """Inside optax.masked the holes are MaskedNode; line searches refuse."""
   params = _masked_params()
   tx = optax.masked(case.build(), _MASK)
-  if case.name in _LINE_SEARCHES:
+  if case.line_search:
     with pytest.raises(ValueError, match="must be the outermost"):
       _run(case, params, tx=tx, steps=1)
     return
@@ -206,15 +208,14 @@ def test_non_float_leaves_are_rejected_by_name(case, dtype):
 @pytest.mark.parametrize("case", CASES, ids=_IDS)
 def test_integer_leaf_error_says_how_to_fix(case):
   params = {"w": jnp.ones(3), "step": jnp.zeros((), jnp.int32)}
-  fix = ("keep it out of the params" if case.name in _LINE_SEARCHES
+  fix = ("keep it out of the params" if case.line_search
          else "optax.masked")
   with pytest.raises(TypeError, match=fix):
     case.build().init(params)
 
 
 @pytest.mark.parametrize(
-    "case", [c for c in CASES if c.name not in _LINE_SEARCHES],
-    ids=[c.name for c in CASES if c.name not in _LINE_SEARCHES])
+    "case", R.params(c for c in CASES if not c.line_search))
 def test_integer_leaves_masked_out_are_untouched(case):
   """The documented fix: mask float leaves; the counter is left as it is."""
   params = {"w": jnp.array([3.0, -1.0]), "step": jnp.array(7, jnp.int32)}
@@ -256,11 +257,11 @@ def _degenerate_cnn():
 
 
 def test_adas_degenerate_kernels():
-  """Epoch ends inside update, then one explicit adas_end_epoch."""
+  """Epoch ends counted by update, then one flagged with end_of_epoch."""
   params = _degenerate_cnn()
   tx = oa.adas(learning_rate=0.05, steps_per_epoch=2)
   state = tx.init(params)
-  assert oa.adas_layer_names(state, params) == tuple(_KERNELS)
+  assert oa.adas_layer_names(state) == tuple(_KERNELS)
   step = jax.jit(tx.update)
   for epoch in range(2):
     for _ in range(2):
@@ -270,7 +271,10 @@ def test_adas_degenerate_kernels():
     assert int(state.epoch) == epoch + 1
     _assert_finite((updates, state, params))
     assert np.all(np.asarray(state.layer_lr) >= 1e-20)
-  state = oa.adas_end_epoch(state, params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  flagged = oa.adas(learning_rate=0.05, weight_decay=0.0)
+  _, state = jax.jit(functools.partial(flagged.update, end_of_epoch=True))(
+      zeros, state, params)
   _assert_finite(state)
   gain = dict(zip(_KERNELS, np.asarray(state.gain)))
   assert gain["conv3_no_inputs"] == 0.0 and gain["conv4_no_outputs"] == 0.0

@@ -7,12 +7,20 @@ differently). PAL/LABPAL get ``value``, ``grad``, a pure ``value_fn`` built
 with :func:`optax_adaptive.nnx_value_fn` and the batch by name.
 
 linen: :class:`optax_adaptive.TrainState` forwards the extra arguments to
-``tx.update``; its steps must equal the hand-written ``tx.update`` loop bit
-for bit (same jitted computation).
+``tx.update``; its steps must equal the hand-written ``tx.update`` loop (bit
+for bit on the CPU, to rtol=1e-4 elsewhere).
+
+``import optax_adaptive`` itself must not import flax: the helpers above are
+imported on first use.
 """
 
 from __future__ import annotations
 
+import pathlib
+import subprocess
+import sys
+
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -24,7 +32,6 @@ from flax.training import train_state as flax_train_state
 
 import optax_adaptive as oa
 from tests import _cnn_tasks as T
-from tests import _utils
 
 STEPS = 3
 # Methods of the default run; the others run under -m slow.
@@ -84,7 +91,7 @@ def _nnx_run(method, tx):
 
   @nnx.jit
   def step(model, optimizer, batch, approx):
-    value_fn = _nnx_value_fn(model, nnx_loss)  # inside the step (§3.3)
+    value_fn = _nnx_value_fn(model, nnx_loss)  # inside the step (flax.md)
     value, grads = nnx.value_and_grad(nnx_loss)(model, batch["x"],
                                                 batch["y"])
     kwargs = T.update_kwargs(method, value, grads, value_fn, batch, approx)
@@ -127,11 +134,11 @@ def test_nnx_optimizer_under_nnx_jit(method):
   tx = _build(method)
   params, optimizer, losses = _nnx_run(method, tx)
   ref_params, ref_losses = _functional_run(method, tx)
-  _utils.assert_tree_all_finite(nnx.as_pure(params))
+  chex.assert_tree_all_finite(nnx.as_pure(params))
   assert int(optimizer.step[...]) == STEPS
-  _utils.assert_trees_all_close(losses, ref_losses, rtol=1e-5, atol=1e-6)
-  _utils.assert_trees_all_close(nnx.as_pure(params), ref_params, rtol=1e-5,
-                                atol=1e-6)
+  chex.assert_trees_all_close(losses, ref_losses, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(nnx.as_pure(params), ref_params, rtol=1e-5,
+                              atol=1e-6)
   assert not np.allclose(np.asarray(losses[0]), np.asarray(losses[-1]))
 
 
@@ -190,10 +197,10 @@ def test_linen_train_state_forwards_update_kwargs(method):
   # fuse them differently, and PAL's parabola amplifies the last bit of a
   # loss difference (1.6e-5 relative seen on an H100). A kwarg that is not
   # forwarded changes the result by orders of magnitude more.
-  _utils.assert_trees_all_close(state.params, ref_params, rtol=1e-4,
-                                atol=1e-7)
-  _utils.assert_trees_all_close(state.opt_state, ref_state, rtol=1e-4,
-                                atol=1e-7)
+  chex.assert_trees_all_close(state.params, ref_params, rtol=1e-4,
+                              atol=1e-7)
+  chex.assert_trees_all_close(state.opt_state, ref_state, rtol=1e-4,
+                              atol=1e-7)
 
 
 def test_flax_train_state_drops_kwargs_but_ours_forwards_them():
@@ -256,3 +263,39 @@ def test_docstring_examples():
   from optax_adaptive import _flax
   result = doctest.testmod(_flax, optionflags=doctest.ELLIPSIS)
   assert result.attempted > 0 and result.failed == 0
+
+
+# ------------------------------------------------------------ lazy import
+
+_LAZY_NAMES = ("TrainState", "linen_value_fn", "nnx_value_fn")
+
+
+def _run_python(code):
+  """Runs ``code`` in a fresh interpreter that imports this checkout."""
+  root = pathlib.Path(oa.__file__).resolve().parents[1]
+  return subprocess.run([sys.executable, "-c", code], cwd=root,
+                        capture_output=True, text=True, check=False,
+                        timeout=300)
+
+
+def test_import_does_not_import_flax():
+  code = (
+      "import sys, optax_adaptive as oa\n"
+      "print(sorted(m for m in sys.modules if m.split('.')[0] == 'flax'))\n"
+      f"print(all(n in dir(oa) for n in {_LAZY_NAMES!r}))\n"
+      "oa.TrainState\n"
+      "print('flax.training.train_state' in sys.modules)\n")
+  result = _run_python(code)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.split("\n")[:3] == ["[]", "True", "True"], (
+      result.stdout)
+
+
+def test_lazy_flax_names_are_the_helpers():
+  from optax_adaptive import _flax, _flax_utils
+  assert oa.TrainState is _flax.TrainState
+  assert oa.nnx_value_fn is _flax_utils.nnx_value_fn
+  assert oa.linen_value_fn is _flax_utils.linen_value_fn
+  assert set(_LAZY_NAMES) <= set(oa.__all__)
+  with pytest.raises(AttributeError, match="no_such_name"):
+    _ = oa.no_such_name

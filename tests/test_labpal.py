@@ -1,10 +1,13 @@
 """Tests of LABPAL (`scale_by_labpal`, `labpal`).
 
-Numbers come from labpal.md §8 (verified there with NumPy in float64); the
-fit tests run in float64 as §8.4 requires.
+Expected numbers are closed forms on quadratics (checked with NumPy in
+float64); the fit tests run in float64, since in float32 the loss
+differences over fd_step = 1.77e-4 carry rounding error of the order of the
+curvature term.
 """
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -18,13 +21,8 @@ from jax.sharding import PartitionSpec as P
 import optax_adaptive
 import optax_adaptive as oa
 from optax_adaptive._flax_utils import nnx_value_fn
-from optax_adaptive._labpal import (
-    LABPAL_STATUS_FIT_FAILED,
-    LABPAL_STATUS_OK,
-    LABPAL_STATUS_RETRY,
-    labpal,
-    scale_by_labpal,
-)
+from optax_adaptive._labpal import labpal, scale_by_labpal
+from optax_adaptive._labpal_measure import LabpalStatus
 from tests._utils import (
     BatchNormNet,
     assert_tree_all_finite,
@@ -62,11 +60,11 @@ def _step(tx, loss, params, state=None, approx_batch=_NO_DATA, **kwargs):
 
 
 def _trusted(state):
-  """A state past the untrusted warm-up (spec §3.4)."""
+  """A state past the untrusted warm-up (`untrusted_updates`)."""
   return state._replace(updates_done=jnp.array(10**6, jnp.int32))
 
 
-# ------------------------------------------------------------ spec §8.3
+# ------------------------------------------------ one measurement's fit
 
 
 @pytest.mark.parametrize(
@@ -78,7 +76,7 @@ def _trusted(state):
     ],
 )
 def test_measurement_on_1d_quadratic(x64, fit, alpha, max_step, x1, lr):
-  """§8.3: f = x², x0 = 3, samples L = (9, 8.998938031329, 8.9401)."""
+  """f = x², x0 = 3, samples L = (9, 8.998938031329, 8.9401)."""
   del x64
   tx = labpal(mode="sgd", fit=fit, update_step_adaptation=alpha,
               max_step=max_step)
@@ -96,7 +94,7 @@ def test_measurement_on_1d_quadratic(x64, fit, alpha, max_step, x1, lr):
   else:
     np.testing.assert_allclose([info.curvature, info.slope], [1.0, -6.0],
                                rtol=1e-7)
-  assert int(info.status) == LABPAL_STATUS_OK
+  assert int(info.status) == LabpalStatus.OK
   assert not bool(info.fit_failed)
   assert not bool(state.pending)
   assert int(state.updates_done) == 0
@@ -105,7 +103,7 @@ def test_measurement_on_1d_quadratic(x64, fit, alpha, max_step, x1, lr):
 @pytest.mark.parametrize("fit, step", [("exact", 1.0783507),
                                        ("reference", 2.1565244)])
 def test_measurement_on_2d_quadratic(x64, fit, step):
-  """§8.3 n-D: exact = PAL's line minimum, reference = 2 s* - h."""
+  """n-D: exact = PAL's line minimum, reference = 2 s* - h."""
   del x64
   h = jnp.array([1.0, 4.0])
   loss = lambda x: 0.5 * jnp.sum(h * x**2)
@@ -120,7 +118,7 @@ def test_measurement_on_2d_quadratic(x64, fit, step):
 
 
 def test_float32_small_loss_instance():
-  """§8.4: a = 1, x0 = 0.1 in float32: exact ≈ 0.1, reference ≈ 0.199823."""
+  """a = 1, x0 = 0.1 in float32: exact ≈ 0.1, reference ≈ 0.199823."""
   loss = lambda x: 0.5 * jnp.sum(x**2)
   for fit, expected, rtol in (("exact", 0.1, 1e-3),
                               ("reference", 0.199823, 2e-3)):
@@ -131,12 +129,12 @@ def test_float32_small_loss_instance():
                                rtol=rtol)
 
 
-# --------------------------------------------------------- §8.5 and caps
+# ---------------------------------------------- degenerate fits and caps
 
 
 @pytest.mark.parametrize("alpha, x1", [(1.0, 1.0), (1.8, -0.6)])
 def test_cap_applies_before_alpha(x64, alpha, x1):
-  """§8.5: reference fit, s_max = 2: min(5.999823, 2)·α."""
+  """Reference fit, s_max = 2: min(5.999823, 2)·α."""
   del x64
   tx = labpal(update_step_adaptation=alpha, max_step=2.0)
   new, _ = _step(tx, _square, jnp.array([3.0]))
@@ -144,19 +142,19 @@ def test_cap_applies_before_alpha(x64, alpha, x1):
 
 
 def test_negative_curvature_without_estimate_retries(x64):
-  """§8.5: f = -x²/2: failed fit, no estimate: x1 = x0, still pending."""
+  """f = -x²/2: failed fit, no estimate: x1 = x0, still pending."""
   del x64
   loss = lambda x: -0.5 * jnp.sum(x**2)
   new, state = _step(labpal(), loss, jnp.array([1.0]))
   np.testing.assert_allclose(new, [1.0])
   assert bool(state.pending) and not bool(state.have_estimate)
-  assert int(state.info.status) == LABPAL_STATUS_RETRY
+  assert int(state.info.status) == LabpalStatus.RETRY
   assert bool(state.info.fit_failed)
   assert int(state.updates_done) == -1
 
 
 def test_negative_curvature_with_estimate_moves_by_old_step(x64):
-  """§8.5: a previous estimate s̄ is kept and used: x1 = 1 + s̄."""
+  """A previous estimate s̄ is kept and used: x1 = 1 + s̄."""
   del x64
   tx = labpal(fit="exact", update_step_adaptation=1.0, max_step=np.inf)
   _, state = _step(tx, _square, jnp.array([0.25]))
@@ -166,13 +164,13 @@ def test_negative_curvature_with_estimate_moves_by_old_step(x64):
                      force_measure=True)
   np.testing.assert_allclose(new, [1.25], rtol=1e-6)
   np.testing.assert_allclose(state.labpal_step_length, 0.25, rtol=1e-6)
-  assert int(state.info.status) == LABPAL_STATUS_FIT_FAILED
+  assert int(state.info.status) == LabpalStatus.FIT_FAILED
   assert not bool(state.pending)
 
 
 @pytest.mark.parametrize("fit", ["reference", "exact"])
 def test_linear_loss_fails_fit(fit):
-  """§8.5: A = 0 is a failed fit, also when rounding makes A = ±1e-9."""
+  """A = 0 is a failed fit, also when rounding makes A = ±1e-9."""
   loss = lambda x: jnp.sum(3.0 * x) + 7.0
   for x0 in ([1.0, 2.0], [0.3, -0.7], [5.0, 0.1]):
     new, state = _step(labpal(fit=fit), loss, jnp.array(x0))
@@ -182,11 +180,11 @@ def test_linear_loss_fails_fit(fit):
 
 @pytest.mark.parametrize("x0", [0.0, 1e-5, 1e3])
 def test_direction_guard_retries_without_nan(x0):
-  """§3.3.1, §8.5: ||d|| outside [1e-3, 100] (incl. g = 0) retries."""
+  """||d|| outside [1e-3, 100] (incl. g = 0) retries."""
   new, state = _step(labpal(), _square, jnp.array([x0]))
   assert_trees_all_equal(new, jnp.array([x0], jnp.float32))
   assert bool(state.pending) and not bool(state.have_estimate)
-  assert int(state.info.status) == LABPAL_STATUS_RETRY
+  assert int(state.info.status) == LabpalStatus.RETRY
   assert_tree_all_finite(state)
 
 
@@ -194,12 +192,12 @@ def test_norm_bounds_are_configurable():
   tx = labpal(norm_bounds=(0.0, 1e4), fit="exact", update_step_adaptation=1.0,
               max_step=np.inf)
   new, state = _step(tx, _square, jnp.array([1e-5]))
-  assert int(state.info.status) == LABPAL_STATUS_OK
+  assert int(state.info.status) == LabpalStatus.OK
   assert abs(float(new[0])) < 1e-5
 
 
 def test_nan_batch_is_skipped(x64):
-  """NaN losses of one mini-batch are dropped (nanmean, §3.7)."""
+  """NaN losses of one mini-batch are dropped (the reference's nanmean)."""
   del x64
   loss = lambda x, c: jnp.sum(x**2) * c
   approx = {"c": jnp.array([1.0, jnp.nan, 1.0, 1.0])}
@@ -214,14 +212,14 @@ def test_nan_batch_is_skipped(x64):
 
   updates, state = run(jnp.array([3.0]))
   np.testing.assert_allclose(updates, [-3.0], rtol=1e-7)
-  assert int(state.info.status) == LABPAL_STATUS_OK
+  assert int(state.info.status) == LabpalStatus.OK
 
 
 # ---------------------------------------------------- averaging, schedule
 
 
 def test_trusted_measurements_are_averaged(x64):
-  """§8.3: trusted raw steps 0.2 and 0.4 give s̄ = 0.3; failures keep it."""
+  """Trusted raw steps 0.2 and 0.4 give s̄ = 0.3; failures keep it."""
   del x64
   tx = labpal(fit="exact", update_step_adaptation=1.0, max_step=np.inf)
   state = _trusted(tx.init(jnp.zeros(1)))
@@ -259,7 +257,7 @@ def test_ring_buffer_keeps_last_window(x64):
 
 
 def test_reuse_schedule_and_warmup_trigger():
-  """§3.2: measure at call 0, after U+1 updates, then every `reuse_steps`.
+  """Measure at call 0, after U+1 updates, then every `reuse_steps`.
 
   With reuse_steps = 5 and U = 1: calls 0 (a), 3 (c: 2 training updates
   after the first), 8 and 13 (b: 4 training updates + the measurement);
@@ -282,7 +280,8 @@ def _linreg_loss(params, x, y):
 
 
 def _k_batch_step(tx, k):
-  """A train step on k accumulated batches (spec §3.6, §7.1): k static."""
+  """A train step on k accumulated batches, k static (docs/labpal.md,
+  "Feeding the extra mini-batches")."""
 
   @jax.jit
   def step(params, state, xs, ys, approx_x, approx_y, force):
@@ -306,7 +305,7 @@ def _line_minimum(params, unit, xs, ys):
 
 
 def test_batch_size_schedule_measures_over_k_times_m_batches(x64):
-  """§3.6: k 1 -> 2 at a schedule boundary (host dispatch, force_measure).
+  """k 1 -> 2 at a schedule boundary (host dispatch, force_measure).
 
   The k = 2 measurement takes its direction from the mean gradient of the
   step's 2 batches, its losses from all M = 2 m_a batches (the first 2 being
@@ -322,7 +321,7 @@ def test_batch_size_schedule_measures_over_k_times_m_batches(x64):
   tx = labpal(reuse_steps=100, untrusted_updates=100, approx_batches=m_a,
               fit="exact", update_step_adaptation=1.0, max_step=1e9)
   steps = {1: _k_batch_step(tx, 1), 2: _k_batch_step(tx, 2)}
-  schedule = [(0, 1), (3, 2)]  # (call, k), spec §3.6 with calls as updates
+  schedule = [(0, 1), (3, 2)]  # (call, k), calls counted as updates
   params = jnp.array([0.3, 0.1, -0.2])
   state = tx.init(params)
   nxt = 0  # next unused pool batch
@@ -357,7 +356,7 @@ def test_batch_size_schedule_measures_over_k_times_m_batches(x64):
                    for x, y in zip(approx_x, approx_y)]), rtol=1e-12)
       np.testing.assert_allclose(float(state.labpal_step_length), step,
                                  rtol=1e-9)
-      assert int(state.info.status) == LABPAL_STATUS_OK
+      assert int(state.info.status) == LabpalStatus.OK
       assert int(state.since_measure) == 0 and not bool(state.pending)
     if call > 3:  # k = 2 training (NSGD): -s̄ d/||d||
       s_bar = float(state.labpal_step_length)
@@ -370,7 +369,7 @@ def test_batch_size_schedule_measures_over_k_times_m_batches(x64):
 
 @pytest.mark.parametrize("mode", ["sgd", "nsgd"])
 def test_training_step_reuses_estimate(mode):
-  """§3.5: SGD: -λ̄ g; NSGD: -s̄ g/||g||; value_fn is not needed."""
+  """SGD: -λ̄ g; NSGD: -s̄ g/||g||; value_fn is not needed."""
   tx = labpal(mode=mode, reuse_steps=100)
   state = tx.init(jnp.zeros(2))._replace(
       pending=jnp.array(False), have_estimate=jnp.array(True),
@@ -386,7 +385,7 @@ def test_training_step_reuses_estimate(mode):
 
 
 def test_momentum_buffer(x64):
-  """d = β m + ḡ (§3.1); the buffer exists only for nonzero momentum."""
+  """d = β m + ḡ; the buffer exists only for nonzero momentum."""
   del x64
   assert labpal().init(jnp.zeros(2)).momentum is None
   tx = labpal(mode="sgd", momentum=0.5, reuse_steps=100)
@@ -551,7 +550,7 @@ def test_eval_shape_init_and_inject_hyperparams():
 def test_shard_map_axis_name_matches_global_batch(x64):
   """8 devices, each with 1/8 of every mini-batch, pmean'd == one device.
 
-  float64, because in float32 the fit itself differs by rounding (§8.4).
+  float64, because in float32 the fit itself differs by rounding.
   """
   del x64
   n = jax.device_count()
@@ -648,7 +647,7 @@ def test_nnx_loop_under_nnx_jit_keeps_batchnorm_stats():
   measure_only(model, opt)
   assert_trees_all_equal(nnx.state(model, nnx.BatchStat), stats)
   assert int(optax.tree.get(opt.opt_state, "info").status) == (
-      LABPAL_STATUS_OK)
+      LabpalStatus.OK)
   for i in range(24):
     train_step(model, opt, i)
   assert full() < 0.3 * start
@@ -663,12 +662,36 @@ def test_scale_by_labpal_is_labpal():
       jax.typeof, b.init(params))
 
 
+def test_labpal_shows_the_signature_of_scale_by_labpal():
+  """One signature for both names (docs, inject_hyperparams), and errors
+  that name the parameter whichever name is called."""
+  assert inspect.signature(labpal) == inspect.signature(scale_by_labpal)
+  assert labpal.__name__ == "labpal"
+  assert "Examples" in labpal.__doc__ and "Args" in scale_by_labpal.__doc__
+  with pytest.raises(ValueError, match="fd_step"):
+    labpal(fd_step=0.1, measuring_step=0.01)
+  with pytest.raises(TypeError, match="unexpected keyword argument 'mu'"):
+    labpal(mu=0.1)
+  tx = optax.inject_hyperparams(labpal, static_args=("avg_window",))(
+      mode="sgd", max_step=0.5)
+  assert tx.init(jnp.zeros(2)).hyperparams["max_step"] == 0.5
+
+
+@pytest.mark.parametrize("factory", [labpal, scale_by_labpal])
+def test_measure_step_warning_points_at_the_caller(factory):
+  """The deprecation warning names the user's line (so that Python's
+  default filter shows it in ``__main__``), not a line of the package."""
+  with pytest.warns(DeprecationWarning) as record:
+    factory(measure_step=0.02)
+  assert record[0].filename == __file__
+
+
 def test_status_is_a_value_of_the_public_enum():
   """``info.status`` is an int32 that ``optax_adaptive.LabpalStatus`` names."""
   status = optax_adaptive.LabpalStatus
   assert [(s.name, int(s)) for s in status] == [
       ("NONE", 0), ("OK", 1), ("FIT_FAILED", 2), ("RETRY", 3)]
-  assert LABPAL_STATUS_RETRY is status.RETRY
+  assert LabpalStatus.RETRY is status.RETRY
   state = labpal().init(jnp.zeros(2))
   assert state.info.status.dtype == jnp.int32
   assert status(int(state.info.status)) is status.NONE
@@ -719,7 +742,7 @@ def test_zeroed_updates_before_labpal_do_not_move():
   zeroed, state = _step(optax.chain(optax.scale(0.0), scale_by_labpal()),
                         _square, params)
   assert_trees_all_equal(zeroed, params)
-  assert int(state[1].info.status) == LABPAL_STATUS_RETRY
+  assert int(state[1].info.status) == LabpalStatus.RETRY
 
 
 def test_weight_decay_before_labpal_sets_the_direction(x64):
@@ -814,7 +837,7 @@ def test_low_precision_params_train_at_defaults(dtype):
   """The line is probed in float32: bf16 cannot represent θ - h û."""
   params, state, start, end = _least_squares_run(dtype)
   assert params.dtype == dtype
-  assert int(state.info.status) == LABPAL_STATUS_OK
+  assert int(state.info.status) == LabpalStatus.OK
   assert int(state.updates_done) == 19
   assert end < 0.5 * start
   assert int(oa.diagnostics(state)["labpal/retries"]) == 0

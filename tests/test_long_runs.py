@@ -1,4 +1,4 @@
-"""Long runs (issue 9): 200,000 steps of every method in one ``lax.scan``.
+"""Long runs: 200,000 steps of every method in one ``lax.scan``.
 
 A noisy quadratic with a few parameters; the gradient noise comes from a
 fixed key folded with the step number. Checks: no NaN/inf in any update or

@@ -30,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 import optax_adaptive as oa
 from tests import _cnn_tasks as T
+from tests import _registry as R
 from tests import _utils
 
 STEPS = 4
@@ -208,6 +209,12 @@ def _assert_state_layout(state, shardings):
 # ------------------------------------------------------------------ tests
 
 
+def test_every_public_transformation_runs_on_the_cnn():
+  missing = R.missing_factories(
+      f for m in T.METHODS + T.RECIPES for f in m.covers())
+  assert not missing, f"tests/_cnn_tasks.py runs no {missing}"
+
+
 @pytest.mark.parametrize(("mode", "method"), list(_cases()))
 def test_matches_single_device(mode, method):
   _require(method)
@@ -246,26 +253,27 @@ def test_adas_gathers_kernels_only_at_epoch_end():
   """With FSDP params, AdaS's per-step update is local; only the epoch-end
   SVD all-gathers the sharded kernels."""
   _require(T.METHODS_BY_NAME["adas"])
-  adas_fn = oa.adas
-  end_epoch = oa.adas_end_epoch
   mesh = _explicit_mesh()
   with jax.set_mesh(mesh):
     params = T.init_params()
     params = jax.tree.map(jax.device_put, params,
                           T.fsdp_shardings(params, mesh))
-    tx = adas_fn(learning_rate=0.05)  # explicit epoch ends
+    tx = oa.adas(learning_rate=0.05, weight_decay=0.0)
     state = tx.init(params)
     grads = jax.tree.map(jnp.ones_like, params)
     step_hlo = jax.jit(tx.update).lower(
         grads, state, params).compile().as_text()
-    end_hlo = jax.jit(end_epoch).lower(state, params).compile().as_text()
+    zeros = jax.tree.map(jnp.zeros_like, params)  # the epoch end alone
+    end_epoch = jax.jit(lambda s, p: tx.update(
+        zeros, s, p, end_of_epoch=True)[1])
+    end_hlo = end_epoch.lower(state, params).compile().as_text()
     step_gathers = [g for gs in _collectives_by_computation(step_hlo).values()
                     for g in gs]
     end_gathers = [g for gs in _collectives_by_computation(end_hlo).values()
                    for g in gs]
     assert not step_gathers, step_gathers
     assert end_gathers, "the epoch-end SVD should gather sharded kernels"
-    new_state = jax.jit(end_epoch)(state, params)
+    new_state = end_epoch(state, params)
     assert jax.tree.map(jax.typeof, new_state) == jax.tree.map(
         jax.typeof, state)
     _assert_state_layout(new_state, T.fsdp_shardings(params, mesh))

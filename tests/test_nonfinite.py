@@ -1,4 +1,4 @@
-"""Non-finite gradients (issue 9): ``optax.apply_if_finite`` and unguarded.
+"""Non-finite gradients: ``optax.apply_if_finite``, and without a guard.
 
 Every public transformation composes with ``optax.apply_if_finite``: a step
 whose gradient holds a NaN or an infinity leaves the inner state exactly as
@@ -10,10 +10,7 @@ summarised in the docs' "Failure modes" sections).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,8 +18,8 @@ import numpy as np
 import optax
 import pytest
 
-import optax_adaptive as oa
 from optax_adaptive import _labpal
+from tests import _registry as R
 from tests import _utils
 
 
@@ -38,55 +35,12 @@ def _params():
           "w": jnp.array(1.5)}
 
 
-def _line_search_kwargs(params, grad):
-  return dict(value=loss(params), grad=grad, value_fn=loss)
+CASES = R.NONFINITE_CASES
 
+def test_every_public_transformation_is_guarded_here():
+  missing = R.missing_factories(R.factory_name(c) for c in CASES)
+  assert not missing, f"no NONFINITE_CASES entry runs {missing}"
 
-def _labpal_kwargs(params, grad):
-  return dict(grad=grad, value_fn=loss,
-              approx_batch={"scale": jnp.array([0.5, 1.5])})
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-  name: str
-  build: Callable[[], Any]
-  extra: Callable[[Any, Any], dict[str, Any]] = lambda params, grad: {}
-
-  def __repr__(self):
-    return self.name
-
-
-_LABPAL_KW = dict(approx_batches=2, reuse_steps=2, untrusted_updates=0,
-                  fit="exact", fd_step=1e-2, measuring_step=0.1)
-
-CASES = [
-    Case("cprop", lambda: oa.cprop(optax.sgd(0.1, momentum=0.9))),
-    Case("cprop_sgd", lambda: oa.cprop_sgd(0.1, momentum=0.9,
-                                           weight_decay=1e-4)),
-    Case("cprop_adam", lambda: oa.cprop_adam(0.1)),
-    Case("autodrop", lambda: optax.chain(
-        optax.sgd(0.1, momentum=0.9),
-        oa.autodrop(window_size=2, buffer_size=2, threshold_deg=180.0))),
-    Case("autodrop_v1", lambda: optax.chain(
-        optax.sgd(0.1), oa.autodrop_v1(steps_per_epoch=2, patience_epochs=1,
-                                       average_on_drop=True))),
-    Case("adas", lambda: oa.adas(0.1, steps_per_epoch=2)),
-    Case("pal", oa.pal, _line_search_kwargs),
-    Case("scale_by_pal", lambda: optax.chain(optax.scale(-1.0),
-                                             oa.scale_by_pal()),
-         _line_search_kwargs),
-    Case("labpal", lambda: oa.labpal(**_LABPAL_KW), _labpal_kwargs),
-    Case("scale_by_labpal", lambda: oa.scale_by_labpal(
-        mode="sgd", momentum=0.5, **_LABPAL_KW), _labpal_kwargs),
-]
-
-# Issue 19: the recipes of docs/choosing.md (in the default tier below).
-CASES += [
-    Case("autodrop_prodigy", lambda: optax.chain(
-        optax.contrib.prodigy(),
-        oa.autodrop(window_size=2, buffer_size=2, threshold_deg=180.0))),
-]
 
 _BAD = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf}
 
@@ -103,7 +57,8 @@ def _case(name):
 def _stepper(case, tx):
   @jax.jit
   def step(params, state, grad):
-    return tx.update(grad, state, params, **case.extra(params, grad))
+    kwargs = R.extra_kwargs(case, loss, params, loss(params), grad)
+    return tx.update(grad, state, params, **kwargs)
 
   return step
 
@@ -255,7 +210,7 @@ def test_unguarded_adas_momentum_poisoned_rates_stay_finite():
   """The momentum buffer of the bad leaf becomes NaN for good, so that
   leaf's updates stay NaN. The per-layer rates stay finite, even when the
   NaN update reaches the conv kernel: a non-finite knowledge gain keeps
-  the previous one (spec §1.10)."""
+  the previous one (docs/adas.md, "Failure modes")."""
   history = _unguarded("adas")
   for updates, state in history:
     assert _nan_leaves(updates) == ["['w']"]

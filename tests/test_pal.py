@@ -1,9 +1,11 @@
 """Tests of PAL (`scale_by_pal`, `pal`) and the Flax value_fn builders.
 
-Numbers come from labpal.md §8 (verified there with NumPy in float64).
+Expected numbers are closed forms on quadratics (worked out in the
+docstrings, checked with NumPy in float64).
 """
 
 import doctest
+import pickle
 
 import flax.linen as nn
 import jax
@@ -14,16 +16,9 @@ import pytest
 from flax import nnx
 
 import optax_adaptive
-from optax_adaptive import _flax_utils, _labpal
+from optax_adaptive import PalCase, _flax_utils, _labpal, _pal, _parabola
 from optax_adaptive._flax_utils import linen_value_fn, nnx_value_fn
-from optax_adaptive._labpal import (
-    PAL_CASE_CONCAVE,
-    PAL_CASE_MINIMUM,
-    PAL_CASE_NOT_DESCENT,
-    PAL_CASE_NOT_FINITE,
-    pal,
-    scale_by_pal,
-)
+from optax_adaptive._pal import pal, scale_by_pal
 from tests._utils import (
     BatchNormNet,
     assert_tree_all_finite,
@@ -57,12 +52,12 @@ def _one_step(tx, loss, x0, **data):
   return step(x0, data)
 
 
-# ------------------------------------------------------------- spec §8.1-8.2
+# --------------------------------------------------- steps on quadratics
 
 
 @pytest.mark.parametrize("mu", [1.0, 0.1])
 def test_lands_on_minimum_of_1d_quadratic(mu, x64):
-  """§8.1: f = x², x0 = 3, α = 1: x1 = 0 exactly, lr = 1/a = 0.5."""
+  """f = x², x0 = 3, α = 1: x1 = 0 exactly, lr = 1/a = 0.5."""
   del x64
   tx = pal(measuring_step=mu, update_step_adaptation=1.0, max_step=10.0,
            momentum=0.0)
@@ -73,33 +68,33 @@ def test_lands_on_minimum_of_1d_quadratic(mu, x64):
   np.testing.assert_allclose(state.pal_step_length, 3.0, rtol=1e-12)
   np.testing.assert_allclose(state.info.curvature, 1.0, rtol=1e-12)
   np.testing.assert_allclose(state.info.slope, -6.0, rtol=1e-6)
-  assert int(state.info.case) == PAL_CASE_MINIMUM
+  assert int(state.info.case) == PalCase.MINIMUM
   assert not bool(state.info.fit_failed)
 
 
 def test_lands_on_minimum_float32():
-  """§8.4: PAL with μ = 1 is robust in float32."""
+  """PAL with μ = 1 is robust in float32."""
   tx = pal(update_step_adaptation=1.0, max_step=10.0, momentum=0.0)
   x1, _ = _one_step(tx, _square, jnp.array([3.0]))
   np.testing.assert_allclose(x1, [0.0], atol=1e-6)
 
 
 def test_defaults_cap_after_alpha():
-  """§8.1: defaults α = 1/0.6, s_max = 3.16: s = 5 capped, x1 = -0.16."""
+  """Defaults α = 1/0.6, s_max = 3.16: s = 5 capped, x1 = -0.16."""
   x1, state = _one_step(pal(momentum=0.0), _square, jnp.array([3.0]))
   np.testing.assert_allclose(x1, [-0.16], rtol=1e-5)
   np.testing.assert_allclose(state.pal_learning_rate, 0.52667, rtol=1e-4)
 
 
 def test_cap():
-  """§8.5: a = 2, x0 = 3, α = 1, s_max = 2: s = 2, x1 = 1."""
+  """a = 2, x0 = 3, α = 1, s_max = 2: s = 2, x1 = 1."""
   tx = pal(update_step_adaptation=1.0, max_step=2.0, momentum=0.0)
   x1, _ = _one_step(tx, _square, jnp.array([3.0]))
   np.testing.assert_allclose(x1, [1.0], rtol=1e-6)
 
 
 def test_2d_quadratic_line_minimum(x64):
-  """§8.2: H = diag(1, 4), x0 = (1, 1): Cauchy step, x1 = (48, -3)/65."""
+  """H = diag(1, 4), x0 = (1, 1): Cauchy step, x1 = (48, -3)/65."""
   del x64
   h = jnp.array([1.0, 4.0])
   loss = lambda x: 0.5 * jnp.sum(h * x**2)
@@ -142,43 +137,43 @@ def test_float64_steps_with_momentum_match_numpy_float64(x64):
                                rtol=1e-13)
 
 
-# ------------------------------------------------------------------ §8.5
+# ----------------------------------------------------- degenerate lines
 
 
 def test_negative_curvature_steps_to_mu():
-  """§8.5: f = -x²/2, x0 = 1: a = -0.5, PAL takes s = μ = 1, x1 = 2."""
+  """f = -x²/2, x0 = 1: a = -0.5, PAL takes s = μ = 1, x1 = 2."""
   loss = lambda x: -0.5 * jnp.sum(x**2)
   x1, state = _one_step(pal(momentum=0.0), loss, jnp.array([1.0]))
   np.testing.assert_allclose(x1, [2.0], rtol=1e-6)
   np.testing.assert_allclose(state.info.curvature, -0.5, rtol=1e-6)
-  assert int(state.info.case) == PAL_CASE_CONCAVE
+  assert int(state.info.case) == PalCase.CONCAVE
   assert bool(state.info.fit_failed)
 
 
 @pytest.mark.parametrize("mu", [1.0, 0.5, 0.1])
 def test_linear_loss_steps_to_mu(mu):
-  """§8.5: A linear loss (a = 0 up to rounding) gives s = μ."""
+  """A linear loss (a = 0 up to rounding) gives s = μ."""
   loss = lambda x: jnp.sum(jnp.array([2.0, -0.3, 1.1]) * x) + 5.0
   tx = pal(measuring_step=mu, momentum=0.0)
   x0 = jnp.array([1.0, -1.0, 0.3])
   x1, state = _one_step(tx, loss, x0)
   np.testing.assert_allclose(jnp.linalg.norm(x1 - x0), mu, rtol=1e-5)
-  assert int(state.info.case) == PAL_CASE_CONCAVE
+  assert int(state.info.case) == PalCase.CONCAVE
 
 
 def test_ascent_direction_gives_no_step():
-  """§8.5: b >= 0 (an uphill direction) gives s = 0, x1 = x0."""
+  """b >= 0 (an uphill direction) gives s = 0, x1 = x0."""
   tx = scale_by_pal()
   x0 = jnp.array([3.0])
   value, grad = jax.value_and_grad(_square)(x0)
   updates, state = tx.update(grad, tx.init(x0), x0, value=value, grad=grad,
                              value_fn=_square)  # +grad is uphill
   assert_trees_all_equal(updates, jnp.zeros(1))
-  assert int(state.info.case) == PAL_CASE_NOT_DESCENT
+  assert int(state.info.case) == PalCase.NOT_DESCENT
 
 
 def test_zero_gradient_no_nan():
-  """§8.5: g = 0: n = eps, x1 = x0, nothing is NaN."""
+  """g = 0: n = eps, x1 = x0, nothing is NaN."""
   x0 = jnp.zeros(3)
   x1, state = _one_step(pal(), _square, x0)
   assert_trees_all_equal(x1, x0)
@@ -186,7 +181,7 @@ def test_zero_gradient_no_nan():
 
 
 def test_non_finite_measurement_returns_to_theta():
-  """§7.2: a NaN extra loss gives s = 0 (the reference stays at θ + μû)."""
+  """A NaN extra loss gives s = 0 (the reference stays at θ + μû)."""
   x0 = jnp.array([3.0])
   tx = pal(momentum=0.0)
   state = tx.init(x0)
@@ -195,7 +190,7 @@ def test_non_finite_measurement_returns_to_theta():
   updates, state = tx.update(grad, state, x0, value=value, grad=grad,
                              value_fn=nan_fn)
   assert_trees_all_equal(updates, jnp.zeros(1))
-  assert int(_pal_state(state).info.case) == PAL_CASE_NOT_FINITE
+  assert int(_pal_state(state).info.case) == PalCase.NOT_FINITE
   assert float(_pal_state(state).pal_learning_rate) == 0.0
 
 
@@ -248,7 +243,7 @@ def test_bad_axis_name():
 
 
 def test_momentum_is_heavy_ball_trace():
-  """pal = chain(trace(β), scale(-1), scale_by_pal) (spec §7.2)."""
+  """pal = chain(trace(β), scale(-1), scale_by_pal) (docs/labpal.md, "PAL")."""
   loss = lambda p, a: a * (jnp.sum(p["w"] ** 2) + p["b"] ** 2)
   manual = optax.chain(optax.trace(decay=0.4), optax.scale(-1.0),
                        scale_by_pal())
@@ -545,7 +540,7 @@ def test_nnx_optimizer_training_loop():
 def test_nnx_value_fn_signature_routes_data():
   model = BatchNormNet(nnx.Rngs(0))
   value_fn = nnx_value_fn(model, _mse)
-  assert _labpal._value_fn_arg_names(value_fn) == {"x", "y"}
+  assert _parabola.value_fn_arg_names(value_fn) == {"x", "y"}
 
 
 def test_linen_value_fn_discards_mutable_state():
@@ -567,7 +562,7 @@ def test_linen_value_fn_discards_mutable_state():
   value_fn = linen_value_fn(net.apply, loss_fn,
                             {"batch_stats": variables["batch_stats"]},
                             mutable=["batch_stats"])
-  assert _labpal._value_fn_arg_names(value_fn) == {"x", "y"}
+  assert _parabola.value_fn_arg_names(value_fn) == {"x", "y"}
   expected, _ = net.apply(variables, x, train=True, mutable=["batch_stats"])
   np.testing.assert_allclose(value_fn(variables["params"], x=x, y=y),
                              jnp.mean((expected - y) ** 2), rtol=1e-6)
@@ -589,7 +584,7 @@ def test_linen_value_fn_discards_mutable_state():
 # --------------------------------------------------------------- doctests
 
 
-@pytest.mark.parametrize("module", [_labpal, _flax_utils])
+@pytest.mark.parametrize("module", [_pal, _labpal, _flax_utils])
 def test_docstring_examples(module, monkeypatch):
   """The `>>>` examples run (with the public names they import)."""
   for name in ("pal", "scale_by_pal", "labpal", "scale_by_labpal",
@@ -606,8 +601,21 @@ def test_case_is_a_value_of_the_public_enum():
   """``info.case`` is an int32 that ``optax_adaptive.PalCase`` names."""
   assert [(case.name, int(case)) for case in optax_adaptive.PalCase] == [
       ("MINIMUM", 0), ("CONCAVE", 1), ("NOT_DESCENT", 2), ("NOT_FINITE", 3)]
-  assert PAL_CASE_NOT_DESCENT is optax_adaptive.PalCase.NOT_DESCENT
+  assert _pal.PalCase is optax_adaptive.PalCase
   _, state = _one_step(pal(momentum=0.0), _square, jnp.array([0.0]))
   assert state.info.case.dtype == jnp.int32
   assert state.info.case == optax_adaptive.PalCase.NOT_DESCENT
   assert optax_adaptive.PalCase(int(state.info.case)).name == "NOT_DESCENT"
+
+
+def test_states_pickled_before_the_module_split_load():
+  """States pickled when PAL lived in ``_labpal`` name it there; they load."""
+  state = _pal_state(pal().init(jnp.zeros(2)))
+  old = pickle.dumps(state, protocol=0).replace(
+      b"optax_adaptive._pal\n", b"optax_adaptive._labpal\n")
+  assert b"optax_adaptive._labpal\n" in old
+  loaded = pickle.loads(old)
+  assert type(loaded) is optax_adaptive.ScaleByPalState
+  assert type(loaded.info) is optax_adaptive.PalInfo
+  assert_trees_all_equal(loaded, state)
+  assert _labpal.PalCase is PalCase

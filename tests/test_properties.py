@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis) of every public transformation (issue 9).
+"""Property-based tests (hypothesis) of every public transformation.
 
 Each example draws a variant (a nested dict/list/tuple tree with scalar,
 size-1 and small leaves of mixed dtypes: float16, bfloat16 and float32, or
@@ -34,6 +34,7 @@ import optax
 from hypothesis import strategies as st
 
 import optax_adaptive as oa
+from tests import _registry as R
 
 _STEPS = 16
 
@@ -193,6 +194,8 @@ class Method:
       searches then see descent directions as well as noise).
     reference: ``(hyper, static) -> transformation`` run alongside on the
       same gradients and params (stats-dtype inputs if ``cast_reference``).
+    factories: the public factories that ``build`` uses across the
+      variants (``name`` by default).
   """
 
   name: str
@@ -201,6 +204,10 @@ class Method:
   loss_gradient: bool = False
   reference: Callable[..., Any] | None = None
   cast_reference: bool = False
+  factories: tuple[str, ...] = ()
+
+  def covers(self) -> tuple[str, ...]:
+    return self.factories or (self.name,)
 
 
 def _to_stats(tree):
@@ -625,7 +632,8 @@ def _pal_build(hyper, static):
   return oa.pal(momentum=hyper["momentum"], **kwargs)
 
 
-PAL = Method("pal", _pal_build, extra=_line_search_extra, loss_gradient=True)
+PAL = Method("pal", _pal_build, extra=_line_search_extra, loss_gradient=True,
+             factories=("pal", "scale_by_pal"))
 _PAL_VARIANTS = (
     Variant(TREE_32, False, (("core", False), ("exact", True))),
     Variant(TREE_64, True, (("core", True), ("exact", False))),
@@ -665,7 +673,8 @@ def test_pal_step_finite_and_capped(variant, data):
 
 
 def _labpal_build(hyper, static):
-  return oa.labpal(
+  factory = oa.scale_by_labpal if static["core"] else oa.labpal
+  return factory(
       mode=static["mode"], fit=static["fit"], momentum=static["momentum"],
       approx_batches=2, avg_window=static["avg_window"],
       reuse_steps=hyper["reuse_steps"],
@@ -681,12 +690,14 @@ def _labpal_extra(params, grad):
 
 
 LABPAL = Method("labpal", _labpal_build, extra=_labpal_extra,
-                loss_gradient=True)
+                loss_gradient=True, factories=("labpal", "scale_by_labpal"))
 _LABPAL_VARIANTS = (
     Variant(TREE_32, False, (("mode", "nsgd"), ("fit", "reference"),
-                             ("momentum", 0.0), ("avg_window", 2))),
+                             ("momentum", 0.0), ("avg_window", 2),
+                             ("core", False))),
     Variant(TREE_64, True, (("mode", "sgd"), ("fit", "exact"),
-                            ("momentum", 0.5), ("avg_window", 3))),
+                            ("momentum", 0.5), ("avg_window", 3),
+                            ("core", True))),
 )
 
 
@@ -707,7 +718,7 @@ def test_labpal_step_finite_and_capped(variant, data):
       high=draw(st.sampled_from([1.0, 100.0, 1e30])),
   )
   history = run_and_check(LABPAL, variant, hyper, data.draw(_streams()))
-  # s_raw = max(alpha * min(s, max_step), eps) (spec §3.3.5).
+  # s_raw = max(alpha * min(s, max_step), eps) (docs/labpal.md, measuring step).
   cap = max(_f32(hyper["alpha"]) * _f32(hyper["max_step"]),
             _f32(hyper["eps"])) * (1 + 1e-5)
   for name in ("labpal_step_length", "hist_step", "raw_step"):
@@ -737,7 +748,7 @@ def test_autodrop_angle_of_float64_displacements_beyond_float32():
              oa.autodrop_v1(steps_per_epoch=2)):
     with jax.enable_x64(True):
       state = tx.init(jnp.zeros(2, jnp.float64))
-      assert state.prev_sq_norm.dtype == jnp.float64
+      assert optax.tree.get(state, "prev_sq_norm").dtype == jnp.float64
       update = jax.jit(tx.update)
       for point in path:
         params = jnp.asarray(1e25 * point, jnp.float64)
@@ -745,3 +756,10 @@ def test_autodrop_angle_of_float64_displacements_beyond_float32():
         for _ in range(calls):  # v1 measures at an epoch's 2nd step
           _, state = update(jnp.zeros(2, jnp.float64), state, params)
       np.testing.assert_allclose(float(state.last_omega), 30.0, rtol=1e-5)
+
+
+def test_every_public_transformation_has_properties():
+  methods = (CPROP, CPROP_SGD, CPROP_ADAM, AUTODROP, AUTODROP_V1, ADAS, PAL,
+             LABPAL)
+  missing = R.missing_factories(f for m in methods for f in m.covers())
+  assert not missing, f"no property test runs {missing}"

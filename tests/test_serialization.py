@@ -1,6 +1,6 @@
 """Compiled and exported updates of every public transformation run elsewhere.
 
-A train step of each registered case (tests/test_conformance.py) is compiled,
+A train step of each registered case (tests/_registry.py) is compiled,
 serialized with ``jax.experimental.serialize_executable`` and with
 ``jax.export``, and run in a fresh Python process, which must reproduce the
 in-process result. Nothing of the library may depend on state that only the
@@ -21,7 +21,8 @@ import pytest
 from jax.experimental import serialize_executable
 
 from tests import _utils
-from tests.test_conformance import CASES, _make_step
+from tests._registry import CASES
+from tests._registry import make_step as _make_step
 
 _RUNNER = r"""
 import pickle, sys

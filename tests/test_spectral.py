@@ -1,4 +1,4 @@
-"""Tests of the AdaS spectral metrics (spec adas.md §1.2-§1.5, §7)."""
+"""Tests of AdaS's spectral metrics: unfoldings, EVBMF, knowledge gain."""
 
 import jax
 import jax.numpy as jnp
@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from benchmarks.adas_knowledge_gain import numpy_evbmf, numpy_knowledge_gain
 from optax_adaptive import _spectral
+from optax_adaptive._minimize_scalar import brent_bounded
 from optax_adaptive._spectral import (
-  brent_bounded,
   evbmf,
   gain_and_condition,
   input_unfolding,
@@ -18,6 +17,7 @@ from optax_adaptive._spectral import (
   output_unfolding,
 )
 from tests import _utils
+from tests._numpy_oracles import numpy_evbmf, numpy_knowledge_gain
 
 _evbmf_jit = jax.jit(evbmf, static_argnames=("solver", "spectrum"))
 
@@ -29,18 +29,18 @@ def _gain_of(matrix, solver="brent_ref", p=1, spectrum="gram"):
   return result, float(gain), float(condition)
 
 
-def _t3_matrix():
+def _diagonal_4x16_matrix():
   y = np.zeros((4, 16))
   y[np.arange(4), np.arange(4)] = [20.0, 10.0, 5.0, 1.0]
   return y
 
 
-# ------------------------------------------------------------ §7 vectors
+# --------------------------- test vectors from an independent NumPy EVBMF
 
 
 @pytest.mark.parametrize("shape", [(8, 72), (16, 16), (64, 576)])
 @pytest.mark.parametrize("c", [0.01, 30.0])
-def test_t1_isotropic_spectrum_is_noise(shape, c):
+def test_isotropic_spectrum_is_all_noise(shape, c):
   rows, cols = shape
   y = c * np.eye(rows, cols, dtype=np.float32)
   result, gain, condition = _gain_of(y)
@@ -49,7 +49,7 @@ def test_t1_isotropic_spectrum_is_noise(shape, c):
 
 
 @pytest.mark.parametrize("shape", [(16, 144), (64, 576)])
-def test_t2_rank_one_plus_noise(shape):
+def test_rank_one_plus_noise_keeps_one_component(shape):
   rows, cols = shape
   rng = np.random.default_rng(0)
   u, v = rng.standard_normal(rows), rng.standard_normal(cols)
@@ -64,12 +64,12 @@ def test_t2_rank_one_plus_noise(shape):
 
 @pytest.mark.parametrize(("p", "gain", "condition"),
                          [(1, 0.354246, 2.398173), (2, 0.293469, 5.751236)])
-def test_t3_fixed_sigma2(p, gain, condition):
+def test_shrinkage_gain_and_condition_at_fixed_sigma2(p, gain, condition):
   geo = _spectral._geometry(4, 16)
   np.testing.assert_allclose(geo.xubar, 2.7054233, rtol=1e-7)
   s2 = jnp.asarray([400.0, 100.0, 25.0, 1.0])
   out = _spectral._evbmf_from_spectrum(s2, geo, "brent_ref")
-  # Re-run the shrinkage with sigma^2 fixed at 1 (spec §7 T3).
+  # Re-run the shrinkage with sigma^2 fixed at 1.
   kept = jnp.sqrt(s2) > jnp.sqrt(16 * 1.0 * geo.xubar)
   assert int(kept.sum()) == 2 and int(out.rank) == 2
   gamma = jnp.sqrt(s2)
@@ -81,9 +81,9 @@ def test_t3_fixed_sigma2(p, gain, condition):
   np.testing.assert_allclose([g, k], [gain, condition], rtol=1e-5)
 
 
-def test_t4_estimated_sigma2(x64):
+def test_estimated_sigma2_rank_and_gain_in_float64(x64):
   del x64
-  result, gain, condition = _gain_of(_t3_matrix())
+  result, gain, condition = _gain_of(_diagonal_4x16_matrix())
   np.testing.assert_allclose(float(result.sigma2), 1.137824, atol=1e-5)
   assert int(result.rank) == 2
   np.testing.assert_allclose(result.singular_values[:2], [18.85119, 7.61555],
@@ -92,8 +92,8 @@ def test_t4_estimated_sigma2(x64):
                              atol=1e-5)
 
 
-def test_t4_in_float32_is_close():
-  result, gain, _ = _gain_of(_t3_matrix().astype(np.float32))
+def test_estimated_sigma2_in_float32_is_close():
+  result, gain, _ = _gain_of(_diagonal_4x16_matrix().astype(np.float32))
   assert int(result.rank) == 2
   # float32 objective rounding limits sigma^2 to ~1e-3 relative (docs).
   np.testing.assert_allclose(float(result.sigma2), 1.137824, rtol=1e-3)
@@ -101,7 +101,7 @@ def test_t4_in_float32_is_close():
 
 
 @pytest.mark.parametrize("noise", [1e-2, 1e-3])
-def test_t5_separable_conv_kernel(noise):
+def test_separable_conv_kernel_has_rank_one_modes(noise):
   rng = np.random.default_rng(1)
   a, b, c = (rng.standard_normal((3, 3)), rng.standard_normal(4),
              rng.standard_normal(8))
@@ -117,7 +117,7 @@ def test_t5_separable_conv_kernel(noise):
   assert int(kg.input_rank) == 1 and int(kg.output_rank) == 1
 
 
-def test_t6_flax_and_pytorch_layouts_agree(x64):
+def test_flax_and_pytorch_layouts_agree(x64):
   del x64
   kernel = np.random.default_rng(2).standard_normal((3, 3, 5, 7))
   torch_weight = kernel.transpose(3, 2, 0, 1)  # OIHW
@@ -132,7 +132,7 @@ def test_t6_flax_and_pytorch_layouts_agree(x64):
         np.linalg.svd(torch_unfold, compute_uv=False), rtol=1e-10)
 
 
-def test_t9_scipy_fast_path(x64):
+def test_brent_takes_scipys_fast_path_on_narrow_brackets(x64):
   del x64
   fun = lambda x: (x - 3.0) ** 2
   lower, upper = 1e-7, 5e-6
@@ -144,7 +144,7 @@ def test_t9_scipy_fast_path(x64):
   assert float(ours) == theirs.x
 
 
-def test_t10_he_init_has_zero_gain():
+def test_he_init_has_zero_gain():
   kernel = jax.random.normal(jax.random.key(0), (3, 3, 64, 64)) * np.sqrt(
       2 / (9 * 64))
   kg = knowledge_gain(kernel)
@@ -172,7 +172,7 @@ def test_brent_ref_matches_scipy_on_random_matrices(x64, shape):
   for spectrum in ("gram", "svd"):
     result = evbmf(jnp.asarray(matrices), spectrum=spectrum)
     gains, _ = gain_and_condition(result.singular_values, result.rank, rows)
-    for i, y in enumerate(matrices):  # tall ones stay untransposed, as [P]
+    for i, y in enumerate(matrices):  # tall: untransposed, as the reference
       sigma2, rank, shrunk = numpy_evbmf(y)
       assert int(result.rank[i]) == rank, (i, spectrum)
       ref_gain = shrunk.sum() / shrunk.max() / rows if rank else 0.0
@@ -206,7 +206,7 @@ def test_float32_gram_close_to_float64_reference():
 
 def test_golden_log_finds_the_objective_minimum(x64):
   del x64
-  y = _t3_matrix()
+  y = _diagonal_4x16_matrix()
   result, gain, _ = _gain_of(y, solver="golden_log")
   np.testing.assert_allclose(float(result.sigma2), 1.1378236, rtol=1e-6)
   np.testing.assert_allclose(gain, 0.350996, atol=1e-5)

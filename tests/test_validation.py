@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 # ==============================================================================
-"""Invalid hyperparameters, missing extra arguments and misuse (issue 9).
+"""Invalid hyperparameters, missing extra arguments and misuse.
 
 Every parameter of every public factory is listed in exactly one of
 ``NUMERIC``, ``CHOICES`` or ``OTHER`` (the last with the reason it needs no
@@ -38,27 +38,12 @@ import optax
 import pytest
 
 import optax_adaptive as oa
-from tests.test_conformance import NOT_TRANSFORMATIONS
+from tests._registry import NOT_TRANSFORMATIONS
+from tests._registry import REQUIRED as BASE
 
 
 def _kernel():
   return jnp.ones((2, 2, 2, 2))
-
-
-# Required arguments of each factory, so that one parameter can be varied.
-BASE: dict[str, dict[str, Any]] = {
-    "cprop": dict(inner=optax.sgd(0.1)),
-    "cprop_sgd": dict(learning_rate=0.1),
-    "cprop_adam": {},
-    "adas": {},
-    "autodrop": dict(window_size=4),
-    "autodrop_v1": dict(steps_per_epoch=4),
-    "pal": {},
-    "scale_by_pal": {},
-    "labpal": {},
-    "scale_by_labpal": {},
-    "knowledge_gain": dict(kernel=_kernel()),
-}
 
 
 @dataclasses.dataclass(frozen=True)

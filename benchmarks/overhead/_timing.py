@@ -254,7 +254,7 @@ def mnist1d_train_step(
   """A zero-argument closure running one full jitted train step per call.
 
   The step is functional (nnx split/merge): forward and backward pass of
-  :class:`benchmarks.models.CNN1D` on a mnist1d batch, ``tx.update`` and
+  :class:`benchmarks.harness.models.CNN1D` on a mnist1d batch, ``tx.update`` and
   ``optax.apply_updates``. Params and optimizer state are donated and
   carried from call to call; batches cycle through the training split,
   already on the device.
@@ -273,7 +273,7 @@ def mnist1d_train_step(
   """
   from flax import nnx
 
-  from benchmarks import data, models
+  from benchmarks.harness import data, models
 
   ds = data.mnist1d()
   model = models.CNN1D(rngs=nnx.Rngs(seed))

@@ -19,16 +19,18 @@ Usage::
   python -m benchmarks.overhead [--methods cprop,...] [--quick] [--json PATH]
                                 [--updates] [--check]
 
-Each method contributes a module ``benchmarks/overhead_<method>.py`` with
+Each method contributes a module ``benchmarks/overhead/<method>.py`` with
 ``def rows(quick: bool) -> list[dict]`` and, where it times an optimizer
 update on its own, ``def update_rows(quick: bool)`` with those rows only
 (``--updates``); every row has the keys ``method,
 case, time_ms, base, base_ms, ratio, target`` (``target`` is the largest
 acceptable ratio, or None). Times within one module are measured in one
-interleaved run (:func:`benchmarks._timing.interleaved_ms` or, for rows that
-print the interquartile range of per-round ratios after the ratio,
-:func:`benchmarks._timing.paired_ratios`), so the ratios cancel machine
-drift; absolute times depend on the machine printed below the table.
+interleaved run (:func:`benchmarks.overhead._timing.interleaved_ms` or,
+for rows that print the interquartile range of per-round ratios after the
+ratio, :func:`benchmarks.overhead._timing.paired_ratios`), so the ratios
+cancel machine drift; absolute times depend on the machine printed below
+the table. ``_timing`` and ``gpu_suite`` (the same rows and train steps on
+a GPU) live beside the method modules.
 
 ``--check`` makes the exit status the verdict: 1 when a row's ratio exceeds
 ``CHECK_FACTOR`` times its target. The targets are what a change must keep;
@@ -43,35 +45,38 @@ import argparse
 import importlib
 import json
 import pathlib
-import sys
 
-from benchmarks import _timing
+from benchmarks.overhead import _timing
 
 ROW_KEYS = ("method", "case", "time_ms", "base", "base_ms", "ratio", "target")
 # Optional: the interquartile range of per-round ratios
-# (benchmarks._timing.paired_ratios), printed next to the ratio.
+# (benchmarks.overhead._timing.paired_ratios), printed next to the ratio.
 OPTIONAL_KEYS = ("ratio_q1", "ratio_q3")
 CHECK_FACTOR = 1.25
 
 
+# Modules of this package that are not a method's rows.
+_NOT_METHODS = ("gpu_suite",)
+
+
 def available_methods() -> list[str]:
   here = pathlib.Path(__file__).parent
-  return sorted(p.stem.removeprefix("overhead_")
-                for p in here.glob("overhead_*.py"))
+  return sorted(p.stem for p in here.glob("*.py")
+                if not p.stem.startswith("_") and p.stem not in _NOT_METHODS)
 
 
 def collect(methods: list[str], quick: bool,
             updates_only: bool = False) -> list[dict]:
   rows = []
   for method in methods:
-    module = importlib.import_module(f"benchmarks.overhead_{method}")
+    module = importlib.import_module(f"benchmarks.overhead.{method}")
     if updates_only and not hasattr(module, "update_rows"):
       continue
     make_rows = module.update_rows if updates_only else module.rows
     for row in make_rows(quick):
       missing = set(ROW_KEYS) - set(row)
       if missing:
-        raise ValueError(f"overhead_{method}: row lacks {sorted(missing)}")
+        raise ValueError(f"overhead.{method}: row lacks {sorted(missing)}")
       rows.append({key: row[key] for key in ROW_KEYS + OPTIONAL_KEYS
                    if key in row})
   return rows
@@ -113,7 +118,9 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      prog="python -m benchmarks.overhead",
+      description=__doc__.splitlines()[0])
   parser.add_argument("--methods", default=",".join(available_methods()),
                       help="comma-separated methods (default: all found)")
   parser.add_argument("--quick", action="store_true",
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
   methods = [m.strip() for m in args.methods.split(",") if m.strip()]
   unknown = sorted(set(methods) - set(available_methods()))
   if unknown:
-    parser.error(f"no benchmarks/overhead_<method>.py for {unknown}; "
+    parser.error(f"no benchmarks/overhead/<method>.py for {unknown}; "
                  f"available: {available_methods()}")
   rows = collect(methods, args.quick, updates_only=args.updates)
   print(markdown_table(rows))
@@ -147,6 +154,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Check passed: every ratio within {CHECK_FACTOR:g}x its target.")
   return 1 if failures else 0
 
-
-if __name__ == "__main__":
-  sys.exit(main())

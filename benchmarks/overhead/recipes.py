@@ -30,7 +30,7 @@ import optax
 from optax import contrib
 
 import optax_adaptive as oa
-from benchmarks import _timing
+from benchmarks.overhead import _timing
 
 WINDOW = 64
 

@@ -25,8 +25,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from benchmarks.optimizers import OptimizerSpec
-from benchmarks.tasks import Task
+from benchmarks.harness.optimizers import OptimizerSpec
+from benchmarks.harness.tasks import Task
 
 # Curves stored in the JSON are thinned to at most this many points.
 MAX_TRACE_POINTS = 500
@@ -174,7 +174,7 @@ class Trainer:
     m = self.spec.approx_batches
     if m:
       # The first of the M approximation batches is the step's own batch
-      # (labpal.md §7.3), the others are drawn at random.
+      # (docs/results.md, the labpal row), the others are drawn at random.
       extra = rng.integers(0, n, size=(steps, m - 1, size))
       approx_idx = np.concatenate([idx[:, None], extra], axis=1)
     else:

@@ -16,7 +16,7 @@
 
 Usage::
 
-  python -m benchmarks.cprop_single_leaf [--sizes 10000000,100000000]
+  python -m benchmarks.studies.cprop_single_leaf [--sizes 10000000,100000000]
 
 The realistic 10M-parameter tree of ``benchmarks.overhead`` has ~40 leaves,
 so on a GPU its update time is mostly kernel launches. One large leaf shows
@@ -38,12 +38,12 @@ import jax.numpy as jnp
 import optax
 
 import optax_adaptive as oa
-from benchmarks import _timing
+from benchmarks.overhead import _timing
 
 
 def closures(n: int) -> dict[str, Callable[[], Any]]:
   """One update per call of each optimizer on one leaf of ``n`` floats
-  (:func:`benchmarks._timing.update_closure`)."""
+  (:func:`benchmarks.overhead._timing.update_closure`)."""
   params = {"w": jax.random.normal(jax.random.key(0), (n,), jnp.float32)}
   grads = {"w": jax.random.normal(jax.random.key(1), (n,), jnp.float32)}
   return {

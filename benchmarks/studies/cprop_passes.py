@@ -16,7 +16,7 @@
 
 Usage::
 
-  python -m benchmarks.cprop_passes [--size 8388608] [--loops] [--time]
+  python -m benchmarks.studies.cprop_passes [--size 8388608] [--loops] [--time]
 
 Compiles one jitted update of a single float32 leaf per optimizer, with the
 state donated as in a training loop, and reads the optimised HLO of the
@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import optax
 
 import optax_adaptive as oa
-from benchmarks import _timing
+from benchmarks.overhead import _timing
 
 # Instructions that move no data themselves.
 _FREE_OPCODES = frozenset(

@@ -16,11 +16,11 @@
 
 Usage::
 
-  python -m benchmarks.cprop_breakdown [--rounds 41]
+  python -m benchmarks.studies.cprop_breakdown [--rounds 41]
 
 Times ``optax.adam``, the library's ``cprop_adam`` and stripped-down
 copies of its update on the 9.9M-parameter tree of ``benchmarks.overhead``
-as paired per-round ratios (``benchmarks._timing.paired_ratios``):
+as paired per-round ratios (``benchmarks.overhead._timing.paired_ratios``):
 
 * ``no mean scale``: the same update without the ``mean_scale`` reduction;
 * ``no mean scale, jnp.tanh``: that, with XLA's general ``tanh`` instead of
@@ -46,7 +46,7 @@ import numpy as np
 import optax
 
 import optax_adaptive as oa
-from benchmarks import _timing
+from benchmarks.overhead import _timing
 from optax_adaptive import _cprop_stats
 
 VARIANTS = ("no mean scale", "no mean scale, jnp.tanh", "no CDF", "scale 1")
@@ -109,7 +109,8 @@ def stripped_cprop_adam(variant: str, learning_rate: float = 1e-3,
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--rounds", type=int, default=41,
-                      help="paired rounds (benchmarks._timing.paired_ratios)")
+                      help="paired rounds"
+                      " (benchmarks.overhead._timing.paired_ratios)")
   rounds = parser.parse_args(argv).rounds
   params = _timing.param_tree_10m()
   grads = jax.tree.map(

@@ -14,14 +14,15 @@
 # ==============================================================================
 """Per-layer AdaS rates and knowledge gains over an mnist1d training run.
 
-Trains :class:`benchmarks.models.CNN1D` on mnist1d with ``adas(...)`` and
-explicit ``adas_end_epoch`` calls, and writes ``adas_layers.png`` (rates,
-gains, conditions per conv layer and the fc rate against the epoch) and
-``adas_layers.json`` (the numbers) into ``--out``.
+Trains :class:`benchmarks.harness.models.CNN1D` on mnist1d with
+``adas(...)``, each epoch's last update flagged with ``end_of_epoch=True``,
+and writes
+``adas_layers.png`` (rates, gains, conditions per conv layer and the fc rate
+against the epoch) and ``adas_layers.json`` (the numbers) into ``--out``.
 
 Run::
 
-  python -m benchmarks.adas_plot --epochs 30 --out results/adas
+  python -m benchmarks.studies.adas_plot --epochs 30 --out results/adas
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ import json
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
-from benchmarks import data, models
+from benchmarks.harness import data, models
 from optax_adaptive import _adas
 
 
@@ -58,18 +60,20 @@ def train(epochs: int, learning_rate: float, beta: float, batch: int = 128,
   def epoch(p, state, xs, ys):
     def step(carry, b):
       p, state = carry
-      loss, grads = jax.value_and_grad(loss_fn)(p, *b)
-      updates, state = tx.update(grads, state, p)
+      x, y, last = b
+      loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
+      updates, state = tx.update(grads, state, p, end_of_epoch=last)
       return (optax.apply_updates(p, updates), state), loss
-    (p, state), losses = jax.lax.scan(step, (p, state), (xs, ys))
-    return p, _adas.adas_end_epoch(state, p), losses.mean()
+    last = jnp.arange(xs.shape[0]) == xs.shape[0] - 1
+    (p, state), losses = jax.lax.scan(step, (p, state), (xs, ys, last))
+    return p, state, losses.mean()
 
   @jax.jit
   def accuracy(p, x, y):
     return (nnx.merge(graphdef, p)(x).argmax(-1) == y).mean()
 
   rng = np.random.default_rng(seed)
-  history = {"layers": list(_adas.adas_layer_names(state, params)), "epoch": [],
+  history = {"layers": list(_adas.adas_layer_names(state)), "epoch": [],
              "layer_lr": [], "fc_lr": [], "gain": [], "input_condition": [],
              "output_condition": [], "train_loss": [], "test_accuracy": []}
   for k in range(epochs):

@@ -14,8 +14,9 @@
 # ==============================================================================
 """PAL's and LABPAL's cost per weight update against plain SGD.
 
-Full jitted train steps of the mnist1d CNN (:class:`benchmarks.models.CNN1D`,
-batch 128), timed interleaved with an ``optax.sgd`` step:
+Full jitted train steps of the mnist1d CNN
+(:class:`benchmarks.harness.models.CNN1D`, batch 128), timed interleaved
+with an ``optax.sgd`` step:
 
 * PAL: 1 forward-backward + 1 forward pass per update (shown next to an SGD
   step that also evaluates the loss at one moved point, the floor of any
@@ -30,7 +31,7 @@ batch 128), timed interleaved with an ``optax.sgd`` step:
 Every row is printed twice: wall time per step and process CPU time per step
 (alternating single calls), which stays meaningful on a shared machine. The
 wall-time ratios are medians of per-round ratios
-(:func:`benchmarks._timing.paired_ratios`, interquartile range in
+(:func:`benchmarks.overhead._timing.paired_ratios`, interquartile range in
 parentheses), and a first row times the SGD step against an identical copy
 of itself: the noise floor of the comparison.
 
@@ -47,7 +48,8 @@ import numpy as np
 import optax
 
 import optax_adaptive as oa
-from benchmarks import _timing, data
+from benchmarks.harness import data
+from benchmarks.overhead import _timing
 
 PAL_TARGET = 1.4
 LABPAL_AMORTISED_TARGET = 1.05
@@ -81,10 +83,11 @@ def _extra_forward_kwargs(params, batch, loss, grads, loss_fn):
 def _labpal_kwargs_fn(batch_size: int, seed: int = 1):
   """LABPAL's kwargs: the step's batch followed by M - 1 other batches.
 
-  As recommended (spec §7.4 b), ``approx_batch`` holds only the indices
+  As docs/labpal.md recommends, ``approx_batch`` holds only the indices
   0..M-1 and ``value_fn`` gathers mini-batch i from device-resident data
   inside the measurement, so a training step moves no extra data: index 0
-  is the step's own batch (spec §7.3, §9.2), the others are fixed batches.
+  is the step's own batch (as in the authors' code), the others are fixed
+  batches.
   """
   ds = data.mnist1d()
   idx = np.random.default_rng(seed).permutation(len(ds.y_train))

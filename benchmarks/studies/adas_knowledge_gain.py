@@ -15,14 +15,15 @@
 """Knowledge gain of every conv kernel of a CIFAR ResNet-34: JAX vs NumPy.
 
 The NumPy/SciPy side is the straightforward computation the AdaS reference
-performs (adas.md §1.3-1.4): per unfolding one ``numpy.linalg.svd`` and one
-``scipy.optimize.minimize_scalar(method="bounded")``. It doubles as the
-reference implementation that ``tests/test_spectral.py`` compares against.
+performs (docs/adas.md, "The method"): per unfolding one ``numpy.linalg.svd``
+and one ``scipy.optimize.minimize_scalar(method="bounded")``. The tests check
+values against their own copy, ``tests/_numpy_oracles.py``; this one also
+builds the singular vectors, as the reference does, for its cost.
 
 Run::
 
-  python -m benchmarks.adas_knowledge_gain            # timing, ratio
-  python -m benchmarks.adas_knowledge_gain --repeats 5
+  python -m benchmarks.studies.adas_knowledge_gain            # timing, ratio
+  python -m benchmarks.studies.adas_knowledge_gain --repeats 5
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import scipy.optimize
 
 
 def numpy_evbmf(y: np.ndarray, *, full_svd: bool = False):
-  """EVBMF of adas.md §1.3 in NumPy/SciPy; returns (sigma2, rank, shrunk).
+  """EVBMF as the AdaS reference computes it; returns (sigma2, rank, shrunk).
 
   ``full_svd=True`` also computes U and V as the reference code does (and
   throws them away); the default computes singular values only.
@@ -67,7 +68,7 @@ def numpy_evbmf(y: np.ndarray, *, full_svd: bool = False):
             + alpha * np.sum(np.log(tau_z1 / alpha + 1))
             + (big_l - n) * np.log(sigma2))
 
-  if lower > upper:  # scipy raises; the reference records rank 0 (§1.3)
+  if lower > upper:  # scipy raises; the reference records rank 0
     return lower, 0, np.zeros((0,), s.dtype)
   sigma2 = scipy.optimize.minimize_scalar(
       objective, bounds=[lower, upper], method="bounded").x
@@ -80,7 +81,7 @@ def numpy_evbmf(y: np.ndarray, *, full_svd: bool = False):
 
 
 def numpy_gain(y: np.ndarray, p: int = 1, *, full_svd: bool = False):
-  """(G, kappa, rank) of one unfolding, adas.md §1.4 (N = rows of ``y``)."""
+  """(G, kappa, rank) of one unfolding (N = rows of ``y``)."""
   _, rank, d = numpy_evbmf(y, full_svd=full_svd)
   if rank == 0:
     return 0.0, 0.0, 0
@@ -90,7 +91,7 @@ def numpy_gain(y: np.ndarray, p: int = 1, *, full_svd: bool = False):
 
 def numpy_knowledge_gain(kernel: np.ndarray, p: int = 1, *,
                          full_svd: bool = False):
-  """Both unfoldings of a Flax (spatial..., in, out) kernel, §1.2."""
+  """Both unfoldings of a Flax (spatial..., in, out) kernel."""
   mode3 = np.moveaxis(kernel, -2, 0).reshape(kernel.shape[-2], -1)
   mode4 = np.moveaxis(kernel, -1, 0).reshape(kernel.shape[-1], -1)
   return (numpy_gain(mode3, p, full_svd=full_svd),

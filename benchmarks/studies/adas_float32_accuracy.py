@@ -26,7 +26,7 @@ pipelines, to separate the two error sources:
 
 Run::
 
-  python -m benchmarks.adas_float32_accuracy
+  python -m benchmarks.studies.adas_float32_accuracy
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.adas_knowledge_gain import numpy_evbmf
+from benchmarks.studies.adas_knowledge_gain import numpy_evbmf
 from optax_adaptive import _spectral
 
 SHAPES = [(8, 72), (24, 24), (16, 48), (48, 16), (32, 288), (64, 576),

@@ -26,7 +26,7 @@ Run::
   python -m benchmarks.compare --task mnist1d --seeds 5 --epochs 40 \\
       --optimizers prodigy,autodrop-prodigy,cprop-prodigy,\\
 cprop-autodrop-prodigy,prodigy-linear,stairs-prodigy --out results
-  python -m benchmarks.lr_free_plot --results results --task mnist1d \\
+  python -m benchmarks.studies.lr_free_plot --results results --task mnist1d \\
       --out docs/images/lr_free_mnist1d.png
 """
 
@@ -42,7 +42,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from benchmarks import optimizers
+from benchmarks.harness import optimizers
 
 NAMES = ("prodigy", "prodigy-linear", "stairs-prodigy", "autodrop-prodigy",
          "cprop-prodigy", "cprop-autodrop-prodigy")

@@ -25,7 +25,7 @@ import jax
 import optax
 
 import optax_adaptive as oa
-from benchmarks import _timing
+from benchmarks.overhead import _timing
 
 UPDATE_TARGETS = {
     "cprop_adam (fused)": 2.0,

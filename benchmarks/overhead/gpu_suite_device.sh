@@ -2,7 +2,7 @@
 # The GPU suite in one call on a lent accelerator machine (docs/results.md,
 # "GPU suite"), from the repository root:
 #
-#   COMMIT=<commit> sh benchmarks/gpu_suite_device.sh [gpu_suite options]
+#   COMMIT=<commit> sh benchmarks/overhead/gpu_suite_device.sh [gpu_suite options]
 #
 # The overhead rows need the mnist1d package, which the machine's image
 # lacks: before the call, download its wheel into the ignored folder .whl
@@ -27,8 +27,8 @@ fi
 export PYTHONUNBUFFERED=1
 export JAX_COMPILATION_CACHE_DIR=/tmp/gpu_suite_jax_cache
 nvidia-smi > "$out/nvidia_smi.txt" 2>&1 || true
-timeout 520 "$python" -m benchmarks.gpu_suite --out "$out/gpu_suite.jsonl" \
+timeout 520 "$python" -m benchmarks.overhead.gpu_suite --out "$out/gpu_suite.jsonl" \
   ${COMMIT:+--commit "$COMMIT"} "$@" > "$out/gpu_suite.log" 2>&1
 echo "gpu_suite exit status $?"
-"$python" -m benchmarks.gpu_suite --report "$out/gpu_suite.jsonl" \
+"$python" -m benchmarks.overhead.gpu_suite --report "$out/gpu_suite.jsonl" \
   | tee "$out/gpu_suite.md"

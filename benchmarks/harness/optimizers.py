@@ -17,7 +17,8 @@ Families:
 
 Library entries are resolved lazily. A method whose module does not import
 (yet) is reported by :func:`availability` with the reason, listed as
-unavailable by ``benchmarks.compare`` and skipped, never dropped silently.
+unavailable by ``benchmarks.harness.compare`` and skipped, never dropped
+silently.
 """
 
 from __future__ import annotations
@@ -336,12 +337,11 @@ _SPECS = [
         f"cprop_adam(lr {ADAM_LR}), CProp defaults",
         trace=_trace_library, requires=(("_cprop", "cprop_adam"),)),
     OptimizerSpec(
-        "adas", "library", lambda spe, total: _lib("_adas", "adas")(),
+        "adas", "library",
+        lambda spe, total: _lib("_adas", "adas")(steps_per_epoch=spe),
         "adas() at its defaults (lr 0.03, beta 0.8, momentum 0.9, weight "
-        "decay 5e-4), adas_end_epoch after every epoch",
-        epoch_end=_lib("_adas", "adas_end_epoch"),
-        trace=_trace_library,
-        requires=(("_adas", "adas"), ("_adas", "adas_end_epoch"))),
+        "decay 5e-4), an epoch end in the last update of every epoch",
+        trace=_trace_library, requires=(("_adas", "adas"),)),
     OptimizerSpec(
         "autodrop-sgd", "library",
         lambda spe, total: optax.chain(
@@ -385,7 +385,7 @@ _SPECS = [
 ]
 
 # ---------------------------------------- on learning-rate-free optimizers
-# Issue 19: our methods composed with optax's learning-rate-free optimizers,
+# Our methods composed with optax's learning-rate-free optimizers,
 # at everyone's defaults, exactly as a user writes them. AutoDrop goes last
 # in the chain and scales the final update; CProp wraps the inner optimizer.
 

@@ -6,7 +6,7 @@ initialisation, same outputs) that lowers to one matmul over extracted
 patches. XLA's CPU convolution is about 10x slower inside
 ``lax.scan``/``while`` loops than outside them; the matmul form is fast in
 both, which keeps the benchmark's scanned epochs fast on CPU. The realistic
-models of ``benchmarks.gpu_suite`` (:class:`ResNet`, :class:`GPT`) use
+models of ``benchmarks.overhead.gpu_suite`` (:class:`ResNet`, :class:`GPT`) use
 ``nnx.Conv`` and ``nnx.Linear`` as a GPU user would.
 """
 

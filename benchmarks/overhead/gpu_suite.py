@@ -16,24 +16,24 @@
 
 Usage::
 
-  python -m benchmarks.gpu_suite [--out results/gpu_suite.jsonl]
+  python -m benchmarks.overhead.gpu_suite [--out results/gpu_suite.jsonl]
       [--budget-s 420] [--sections resnet18,single_leaf,gpt,overhead]
       [--quick]
-  python -m benchmarks.gpu_suite --report results/gpu_suite.jsonl
+  python -m benchmarks.overhead.gpu_suite --report results/gpu_suite.jsonl
 
 Sections, most important first; each is one or more groups of rows, and a
 group whose estimated time no longer fits in ``--budget-s`` is skipped
 (with a record saying so):
 
 * ``resnet18``: full jitted train steps of a CIFAR-style ResNet-18
-  (:class:`benchmarks.models.ResNet`, 11.2M parameters, batch norm) on
+  (:class:`benchmarks.harness.models.ResNet`, 11.2M parameters, batch norm) on
   synthetic 32x32x3 images, batch 256;
 * ``single_leaf``: updates of one leaf of 100M and 10M floats
-  (``benchmarks.cprop_single_leaf``), where only memory traffic counts
+  (``benchmarks.studies.cprop_single_leaf``), where only memory traffic counts
   (short, so before the longest section);
 * ``gpt``: train steps of a GPT-2-small-shaped decoder
-  (:class:`benchmarks.models.GPT`, 124M parameters, 12 scanned layers) on
-  random tokens, batch 8 x 1024;
+  (:class:`benchmarks.harness.models.GPT`, 124M parameters, 12 scanned
+  layers) on random tokens, batch 8 x 1024;
 * ``overhead``: the rows of ``benchmarks.overhead``, one method module at a
   time.
 
@@ -54,7 +54,7 @@ bases (a second copy of each base gives the noise floor):
 The window position of AutoDrop and LABPAL's ``force_measure`` are
 arguments of the one compiled step, so both kinds of step run the
 executable a user runs. Ratios are medians of per-round ratios
-(:func:`benchmarks._timing.paired_ratios`). Each train step's row also
+(:func:`benchmarks.overhead._timing.paired_ratios`). Each train step's row also
 gives the kernels of its compiled executable (:func:`count_kernels`).
 
 The output is JSON lines: a header (device, driver, versions), then the rows
@@ -87,7 +87,10 @@ import optax
 from flax import nnx
 
 import optax_adaptive as oa
-from benchmarks import _timing, cprop_single_leaf, models, overhead
+from benchmarks import overhead
+from benchmarks.harness import models
+from benchmarks.overhead import _timing
+from benchmarks.studies import cprop_single_leaf
 
 SECTIONS = ("resnet18", "single_leaf", "gpt", "overhead")
 TRAIN_STEP_TARGET = 1.05  # CProp, AutoDrop, AdaS (amortised), LABPAL (am.)
@@ -327,8 +330,11 @@ class ModelBench:
 
   def _lower(self, name: str):
     if name == "adas end":
-      state = jax.eval_shape(self.variants["adas"].tx.init, self.params)
-      return jax.jit(oa.adas_end_epoch).lower(state, self.params)
+      tx = self.variants["adas"].tx
+      state = jax.eval_shape(tx.init, self.params)
+      end = lambda s, p: tx.update(  # zero gradients: the epoch end alone
+          jax.tree.map(jnp.zeros_like, p), s, p, end_of_epoch=True)[1]
+      return jax.jit(end).lower(state, self.params)
     variant = self.variants[name]
     step = jax.jit(_train_step_fn(self.task, self.graphdef, variant),
                    donate_argnums=(0, 1, 2))
@@ -495,7 +501,7 @@ def single_leaf_rows(n: int, quick: bool) -> list[dict]:
 
 
 def overhead_rows(method: str, quick: bool) -> list[dict]:
-  """The rows of ``benchmarks/overhead_<method>.py``."""
+  """The rows of ``benchmarks/overhead/<method>.py``."""
   return [dict(row, section="overhead")
           for row in overhead.collect([method], quick)]
 
@@ -663,7 +669,7 @@ def header(args: argparse.Namespace) -> dict:
   device = jax.devices()[0]
   versions = {name: importlib.metadata.version(name)
               for name in ("jax", "jaxlib", "optax", "flax")}
-  return {"header": "benchmarks.gpu_suite",
+  return {"header": "benchmarks.overhead.gpu_suite",
           "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
               timespec="seconds"),
           "device_kind": device.device_kind, "platform": device.platform,

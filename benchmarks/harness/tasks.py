@@ -1,6 +1,6 @@
 """The benchmark tasks: a data set, a model, a batch size and targets.
 
-Every task is offline (see :mod:`benchmarks.data`) and has fixed
+Every task is offline (see :mod:`benchmarks.harness.data`) and has fixed
 train/validation/test splits; only the initialisation and the data order
 depend on the run's seed.
 """
@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from flax import nnx
 
-from benchmarks import data, models
+from benchmarks.harness import data, models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Task:
 
   Attributes:
     name: the ``--task`` name.
-    load: returns the :class:`benchmarks.data.Dataset` (cached).
+    load: returns the :class:`benchmarks.harness.data.Dataset` (cached).
     make_model: ``rngs -> nnx.Module``.
     batch_size: mini-batch size; the last incomplete batch of an epoch is
       dropped.

@@ -15,11 +15,11 @@
 """AdaS's overhead: one mnist1d CNN epoch, with and without the epoch end.
 
 An epoch is every batch of the mnist1d training split (batch 128) through
-a jitted train step of :class:`benchmarks.models.CNN1D`. The base is the
+a jitted train step of :class:`benchmarks.harness.models.CNN1D`. The base is the
 same epoch with optax's SGD-momentum (the per-step optimizer AdaS uses);
 AdaS adds its per-layer rates to each step and, once per epoch, the
-knowledge gain of every conv kernel (explicit ``adas_end_epoch``, or inside
-``update`` with ``steps_per_epoch``).
+knowledge gain of every conv kernel (in the epoch's last ``update``, flagged
+with ``end_of_epoch`` or counted with ``steps_per_epoch``).
 
 Run through ``python -m benchmarks.overhead --methods adas``.
 """
@@ -27,19 +27,22 @@ Run through ``python -m benchmarks.overhead --methods adas``.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
-from benchmarks import _timing, data, models
+from benchmarks.harness import data, models
+from benchmarks.overhead import _timing
 from optax_adaptive import _adas
 
 TARGET = 1.03  # epoch end at most 3% of an epoch
 BATCH = 128
 
 
-def _epoch_closure(tx, end_epoch: bool):
-  """Zero-argument closure training one epoch (and ending it if asked)."""
+def _epoch_closure(tx, flag_last: bool):
+  """Zero-argument closure training one epoch; ``flag_last`` passes
+  ``end_of_epoch`` to every update, True on the last."""
   ds = data.mnist1d()
   model = models.CNN1D(rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
@@ -54,35 +57,35 @@ def _epoch_closure(tx, end_epoch: bool):
     logits = nnx.merge(graphdef, p)(x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
+  last = jnp.arange(n_batches) == n_batches - 1
+
   @jax.jit
   def epoch(p, state):
     def step(carry, batch):
       p, state = carry
-      grads = jax.grad(loss_fn)(p, *batch)
-      updates, state = tx.update(grads, state, p)
+      x, y, is_last = batch
+      grads = jax.grad(loss_fn)(p, x, y)
+      flag = {"end_of_epoch": is_last} if flag_last else {}
+      updates, state = tx.update(grads, state, p, **flag)
       return (optax.apply_updates(p, updates), state), None
-    (p, state), _ = jax.lax.scan(step, (p, state), (xs, ys))
+    (p, state), _ = jax.lax.scan(step, (p, state), (xs, ys, last))
     return p, state
 
-  end = jax.jit(_adas.adas_end_epoch)
   carry = {"params": params, "state": tx.init(params)}
 
   def run():
-    p, state = epoch(carry["params"], carry["state"])
-    if end_epoch:
-      state = end(state, p)
-    carry["params"], carry["state"] = p, state
-    return p
+    carry["params"], carry["state"] = epoch(carry["params"], carry["state"])
+    return carry["params"]
 
   return run, n_batches
 
 
 def rows(quick: bool) -> list[dict]:
   sgd = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.03, 0.9))
-  base, n_batches = _epoch_closure(sgd, end_epoch=False)
+  base, n_batches = _epoch_closure(sgd, flag_last=False)
   fns = {
       "optax sgd-momentum epoch": base,
-      "adas + adas_end_epoch": _epoch_closure(_adas.adas(), True)[0],
+      "adas, update(end_of_epoch=)": _epoch_closure(_adas.adas(), True)[0],
       "adas(steps_per_epoch)": _epoch_closure(
           _adas.adas(steps_per_epoch=n_batches), False)[0],
   }
@@ -92,17 +95,18 @@ def rows(quick: bool) -> list[dict]:
       _timing.ratio_row(
           "adas", f"mnist1d CNN1D epoch ({n_batches} steps, b={BATCH}), {name}",
           stats[name], stats[base], base, TARGET)
-      for name in ("adas + adas_end_epoch", "adas(steps_per_epoch)")
+      for name in ("adas, update(end_of_epoch=)", "adas(steps_per_epoch)")
   ]
 
 
 def _end_epoch_share(quick: bool) -> dict:
   """The epoch end alone, as a share of the same AdaS epoch."""
   tx = _adas.adas()
-  train, _ = _epoch_closure(tx, end_epoch=False)
+  train, _ = _epoch_closure(tx, flag_last=False)
   params = train()
   state = tx.init(params)
-  end = jax.jit(_adas.adas_end_epoch)
+  zeros = jax.tree.map(jnp.zeros_like, params)  # the epoch end alone
+  end = jax.jit(lambda s, p: tx.update(zeros, s, p, end_of_epoch=True)[1])
   ms = _timing.interleaved_ms(
       {"epoch": train, "end": lambda: end(state, params)},
       rounds=5 if quick else 15, min_round_s=0.1 if quick else 0.3)

@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 # ==============================================================================
-"""AutoDrop's overhead on top of SGD with momentum (issue 4 §3).
+"""AutoDrop's overhead on top of SGD with momentum.
 
 Run through ``python -m benchmarks.overhead --methods autodrop``. Cases: the
 update of a 10M-parameter tree on an ordinary step and on a window-end step
@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 import optax_adaptive as oa
-from benchmarks import _timing
+from benchmarks.overhead import _timing
 
 WINDOW = 64
 ORDINARY_TARGET = 1.6

@@ -1,0 +1,1 @@
+"""The comparison harness: tasks, models, optimizers, training, tables."""

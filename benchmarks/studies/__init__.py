@@ -1,0 +1,1 @@
+"""One-off studies behind figures and design choices in docs/."""
