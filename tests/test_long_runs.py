@@ -150,8 +150,10 @@ def _check_ranges(name, state, steps):
   elif name == "adas":
     assert int(get("count")) == min(steps, _INT32_MAX)
     assert np.all(np.isfinite(get("layer_lr")))
-    assert np.all(get("layer_lr") >= float(get("min_lr")))
-    assert float(get("fc_lr")) >= float(get("min_lr"))
+    # adas's default min_lr, 1e-20, in the float32 of its rates.
+    min_lr = np.float32(1e-20)
+    assert np.all(get("layer_lr") >= min_lr)
+    assert float(get("fc_lr")) >= min_lr
   elif name == "pal":
     assert 0.0 <= float(get("pal_step_length")) <= np.float32(0.1)
   elif name == "labpal":
