@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import optax
 
 from optax_adaptive import _common, _labpal_measure, _pal, _parabola
-from optax_adaptive._labpal_measure import LabpalInfo, LabpalStatus
+from optax_adaptive._labpal_measure import LabpalInfo
 
 
 class ScaleByLabpalState(NamedTuple):
@@ -528,14 +528,11 @@ def labpal(*args: Any, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
 
 
 def __getattr__(name: str) -> Any:
-  """Names that this module held before PAL got its own and the codes became
-  enums: pickled states and callers of this private path still find them."""
-  moved = {n: getattr(_pal, n) for n in _PAL_NAMES}
-  moved.update({f"PAL_CASE_{case.name}": case for case in _pal.PalCase})
-  moved.update({f"LABPAL_STATUS_{s.name}": s for s in LabpalStatus})
-  if name in moved:
-    return moved[name]
+  """PAL's state types, which this module held before PAL got its own:
+  states pickled then name them here."""
+  if name in _PAL_STATE_TYPES:
+    return getattr(_pal, name)
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_PAL_NAMES = ("PalCase", "PalInfo", "ScaleByPalState", "pal", "scale_by_pal")
+_PAL_STATE_TYPES = ("PalCase", "PalInfo", "ScaleByPalState")

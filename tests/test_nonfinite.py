@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import pytest
 
-from optax_adaptive import _labpal
+import optax_adaptive as oa
 from tests import _registry as R
 from tests import _utils
 
@@ -229,7 +229,7 @@ def test_unguarded_adas_momentum_poisoned_rates_stay_finite():
 
 def test_unguarded_pal_does_not_move_on_a_bad_direction():
   """Regression (PAL returned NaN updates, 0 * NaN): a non-finite gradient
-  gives a zero step with case PAL_CASE_NOT_FINITE and pal_learning_rate 0.
+  gives a zero step with case ``PalCase.NOT_FINITE`` and pal_learning_rate 0.
   scale_by_pal alone (no momentum) then trains on normally; pal's momentum
   buffer is poisoned, so it keeps not moving (case 3 every step)."""
   for bad in (np.nan, np.inf):
@@ -238,16 +238,16 @@ def test_unguarded_pal_does_not_move_on_a_bad_direction():
     _utils.assert_trees_all_equal(updates, jax.tree.map(jnp.zeros_like,
                                                         updates))
     pal_state = state[1]
-    assert int(pal_state.info.case) == _labpal.PAL_CASE_NOT_FINITE
+    assert int(pal_state.info.case) == oa.PalCase.NOT_FINITE
     assert float(pal_state.pal_learning_rate) == 0.0
     for updates, state in history[1:]:
       _utils.assert_tree_all_finite((updates, state))
-      assert int(state[1].info.case) != _labpal.PAL_CASE_NOT_FINITE
+      assert int(state[1].info.case) != oa.PalCase.NOT_FINITE
     history = _unguarded("pal", bad=bad)
     for updates, state in history:
       _utils.assert_trees_all_equal(updates, jax.tree.map(jnp.zeros_like,
                                                           updates))
-      assert int(state[2].info.case) == _labpal.PAL_CASE_NOT_FINITE
+      assert int(state[2].info.case) == oa.PalCase.NOT_FINITE
 
 
 def test_unguarded_labpal():
@@ -270,11 +270,11 @@ def test_unguarded_labpal():
                                                np.nan))
   _utils.assert_trees_all_equal(updates, jax.tree.map(jnp.zeros_like,
                                                       updates))
-  assert int(state.info.status) == _labpal.LABPAL_STATUS_RETRY
+  assert int(state.info.status) == oa.LabpalStatus.RETRY
   assert bool(state.pending)
   _utils.assert_tree_all_finite(state)
   updates, state = step(params, state, jax.grad(loss)(params))
-  assert int(state.info.status) == _labpal.LABPAL_STATUS_OK
+  assert int(state.info.status) == oa.LabpalStatus.OK
   _utils.assert_tree_all_finite((updates, state))
   # A training step (nsgd): all leaves NaN.
   assert not bool(state.pending)
@@ -290,4 +290,4 @@ def test_unguarded_labpal():
   for updates, state in history[1:]:
     _utils.assert_trees_all_equal(updates, jax.tree.map(jnp.zeros_like,
                                                         updates))
-    assert int(state.info.status) == _labpal.LABPAL_STATUS_RETRY
+    assert int(state.info.status) == oa.LabpalStatus.RETRY

@@ -355,7 +355,7 @@ _SPECS = [
         f"Adam lr {ADAM_LR}, then autodrop as above",
         trace=_trace_library, requires=(("_autodrop", "autodrop"),)),
     OptimizerSpec(
-        "pal", "library", lambda spe, total: _lib("_labpal", "pal")(),
+        "pal", "library", lambda spe, total: _lib("_pal", "pal")(),
         "pal() at its defaults",
         needs=frozenset({"value", "value_fn"}),
         trace=_trace_library, requires=(("_labpal", "pal"),)),
